@@ -95,7 +95,7 @@ def _check_riff(data: bytes, name: str) -> None:
                 )
             return
         pos += 8 + size + (size & 1)
-    raise UnreadableAudioError(f"{name}: truncated WAV: no complete data chunk")
+    raise UnreadableAudioError(f"{name}: truncated or corrupt WAV: no complete data chunk")
 
 
 def _limits_check(frames: float, rate: int, channels: int, name: str, max_seconds: float) -> None:
@@ -123,7 +123,7 @@ def _decode(data: bytes, name: str, max_seconds: float) -> tuple[np.ndarray, int
         total = 0
         try:
             while True:
-                blk = f.read(_BLOCK, dtype="float32", always_2d=True)
+                blk = _read_block(f, channels)
                 if blk.shape[0] == 0:
                     break
                 blocks.append(blk)
@@ -138,6 +138,24 @@ def _decode(data: bytes, name: str, max_seconds: float) -> tuple[np.ndarray, int
             )
     x = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
     return x, rate, channels
+
+
+def _read_block(f, channels: int) -> np.ndarray:
+    """Read up to _BLOCK frames via sf_readf_float directly.
+
+    SoundFile.read() calls tell()/seek() around every read, and libsndfile cannot seek in a
+    FLAC stream whose STREAMINFO has no total sample count (streaming encoders), so the
+    public API fails on exactly the files we must accept.
+    """
+    import soundfile as sf
+
+    out = np.empty((_BLOCK, channels), dtype=np.float32)
+    ptr = sf._ffi.cast("float*", out.__array_interface__["data"][0])
+    n = sf._snd.sf_readf_float(f._file, ptr, _BLOCK)
+    err = sf._snd.sf_error(f._file)
+    if err:
+        raise sf.LibsndfileError(err, "")
+    return out[:n]
 
 
 def _short(exc: BaseException) -> str:

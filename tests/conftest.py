@@ -1,0 +1,72 @@
+"""Shared fixtures: where the real recordings live, and a tiny clip synthesiser/writer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _speech_dir() -> Path:
+    return Path(os.environ.get("EDGEVERIFY_SPEECH_DIR", REPO_ROOT.parent / "shared" / "data" / "speech"))
+
+
+@pytest.fixture(scope="session")
+def speech_dir() -> Path:
+    """Root of the real-speech evaluation data (dev/, dev8k/, native8k/); skips if absent."""
+    d = _speech_dir()
+    if not (d / "dev").is_dir():
+        pytest.skip(f"speech data not found at {d} (set EDGEVERIFY_SPEECH_DIR)")
+    return d
+
+
+def synth_signal(
+    duration_s: float = 1.0,
+    rate: int = 16000,
+    bursts: list[tuple[float, float]] | None = None,
+    freq: float = 220.0,
+    level: float = 0.3,
+    noise: float = 0.0,
+    channels: int = 1,
+    seed: int = 0,
+) -> np.ndarray:
+    """Harmonic tone bursts (voice-like: fundamental + harmonics, slow AM) over optional white noise.
+
+    bursts: (start_s, end_s) of "speech"; None means one burst covering the whole clip.
+    Returns float32 (frames,) or (frames, channels) with the same signal on every channel.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(duration_s * rate))
+    t = np.arange(n) / rate
+    voice = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 6) if freq * k < rate / 2)
+    voice = voice * (0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t)) * level / 1.5
+    gate = np.zeros(n)
+    for s, e in bursts if bursts is not None else [(0.0, duration_s)]:
+        gate[int(s * rate) : int(e * rate)] = 1.0
+    x = voice * gate + noise * rng.standard_normal(n)
+    x = x.astype(np.float32)
+    return np.repeat(x[:, None], channels, axis=1) if channels > 1 else x
+
+
+@pytest.fixture
+def synth() -> Callable[..., np.ndarray]:
+    """The synth_signal function (see its docstring)."""
+    return synth_signal
+
+
+@pytest.fixture
+def write_clip(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: write_clip(samples, rate, name="clip.wav", **soundfile_kwargs) -> Path in tmp_path."""
+    import soundfile as sf
+
+    def _write(samples: np.ndarray, rate: int, name: str = "clip.wav", **kwargs) -> Path:
+        path = tmp_path / name
+        sf.write(str(path), samples, rate, **kwargs)
+        return path
+
+    return _write

@@ -1,0 +1,258 @@
+"""read_audio / audio_from_array on every container and failure mode we promise to handle."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from edgeverify.audio import TARGET_RATE, Audio, audio_from_array, read_audio
+from edgeverify.errors import (
+    AudioError,
+    EmptyAudioError,
+    TooLongError,
+    UnreadableAudioError,
+)
+
+
+def _sig(rate: int, seconds: float = 0.5, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _peak_hz(x: np.ndarray, rate: int = TARGET_RATE) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.argmax(spec) * rate / x.size)
+
+
+def _bytes(x: np.ndarray, rate: int, format: str = "WAV", **kw) -> bytes:
+    b = io.BytesIO()
+    sf.write(b, x, rate, format=format, **kw)
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_wav16_rates(write_clip, rate):
+    x = _sig(rate)
+    a = read_audio(write_clip(x, rate, subtype="PCM_16"))
+    assert isinstance(a, Audio)
+    assert a.samples.dtype == np.float32 and a.samples.ndim == 1
+    assert a.source_rate == rate and a.source_channels == 1
+    assert a.samples.size == int(0.5 * TARGET_RATE)
+    assert a.duration_s == pytest.approx(0.5)
+    assert _peak_hz(a.samples) == pytest.approx(440, abs=3)
+    if rate == TARGET_RATE:  # 16 kHz passes through untouched (bit-exact to 16-bit quantisation)
+        np.testing.assert_allclose(a.samples, x, atol=1 / 32768)
+
+
+def test_8k_matches_reference_resampler(write_clip):
+    x = _sig(8000)
+    path = write_clip(x, 8000, subtype="PCM_16")
+    ref = resample_poly(sf.read(str(path), dtype="float32")[0].astype(np.float64), 2, 1)
+    np.testing.assert_allclose(read_audio(path).samples, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fmt,subtype,tol",
+    [
+        ("WAV", "PCM_U8", 1 / 100),
+        ("WAV", "PCM_24", 1e-6),
+        ("WAV", "PCM_32", 1e-6),
+        ("WAV", "FLOAT", 1e-7),
+        ("WAV", "DOUBLE", 1e-7),
+        ("WAVEX", "PCM_16", 1 / 32768),
+        ("RF64", "PCM_16", 1 / 32768),
+        ("FLAC", "PCM_S8", 1 / 100),
+        ("FLAC", "PCM_16", 1 / 32768),
+        ("FLAC", "PCM_24", 1e-6),
+    ],
+)
+def test_formats(write_clip, fmt, subtype, tol):
+    x = _sig(TARGET_RATE)
+    path = write_clip(x, TARGET_RATE, name=f"c.{fmt.lower()}", format=fmt, subtype=subtype)
+    head = path.read_bytes()[:64]
+    if fmt == "RF64":
+        assert head[:4] == b"RF64"
+    if fmt == "WAVEX":
+        assert struct.unpack_from("<H", head, 20)[0] == 0xFFFE  # WAVE_FORMAT_EXTENSIBLE tag
+    a = read_audio(path)
+    np.testing.assert_allclose(a.samples, x, atol=tol)
+
+
+def test_wave_format_extensible_multichannel(write_clip):
+    x = _sig(TARGET_RATE)
+    stereo4 = np.stack([x, x, x, np.zeros_like(x)], axis=1)
+    a = read_audio(write_clip(stereo4, TARGET_RATE, subtype="PCM_16"))
+    assert a.source_channels == 4
+    np.testing.assert_allclose(a.samples, 0.75 * x, atol=1e-3)
+
+
+def test_stereo_averaged(write_clip):
+    x = _sig(TARGET_RATE)
+    a = read_audio(write_clip(np.stack([x, np.zeros_like(x)], axis=1), TARGET_RATE))
+    assert a.source_channels == 2
+    np.testing.assert_allclose(a.samples, x / 2, atol=1e-3)
+
+
+def test_44k1_resampled(write_clip):
+    x = _sig(44100, seconds=1.0, freq=1000.0)
+    a = read_audio(write_clip(x, 44100))
+    assert a.source_rate == 44100 and a.samples.size == TARGET_RATE
+    assert _peak_hz(a.samples) == pytest.approx(1000, abs=2)
+    assert 0.45 < np.abs(a.samples[1000:-1000]).max() < 0.55
+
+
+def test_bytes_equal_path(write_clip):
+    x = _sig(TARGET_RATE)
+    path = write_clip(x, TARGET_RATE)
+    a, b = read_audio(path), read_audio(path.read_bytes(), name="up.wav")
+    np.testing.assert_array_equal(a.samples, b.samples)
+    assert b.name == "up.wav" and a.name == str(path)
+
+
+def _zero_flac_total_samples(data: bytes) -> bytes:
+    """Make a FLAC look like a streaming encoder's: STREAMINFO total-samples (36 bits) = 0."""
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # first metadata block is STREAMINFO
+    si = 8  # 4-byte marker + 4-byte block header
+    # STREAMINFO bit layout: 16+16+24+24 bits, then rate 20, channels-1 3, bps-1 5, total 36
+    # -> total samples = low 4 bits of byte 13 + bytes 14..17
+    b = bytearray(data)
+    assert (b[si + 13] & 0x0F) << 32 | int.from_bytes(b[si + 14 : si + 18], "big") > 0
+    b[si + 13] &= 0xF0
+    b[si + 14 : si + 18] = b"\0\0\0\0"
+    return bytes(b)
+
+
+def test_streaming_flac_without_total(write_clip):
+    x = _sig(TARGET_RATE, seconds=1.0)
+    data = _zero_flac_total_samples(_bytes(x, TARGET_RATE, format="FLAC", subtype="PCM_16"))
+    assert sf.info(io.BytesIO(data)).frames > 2**40  # libsndfile reports "unknown" as SF_COUNT_MAX
+    a = read_audio(data)
+    np.testing.assert_allclose(a.samples, x, atol=1 / 32768)
+
+
+def test_streaming_flac_too_long_is_bounded():
+    x = np.zeros(TARGET_RATE * 3, np.float32)
+    data = _zero_flac_total_samples(_bytes(x, TARGET_RATE, format="FLAC", subtype="PCM_16"))
+    with pytest.raises(TooLongError, match="2 s limit"):
+        read_audio(data, max_seconds=2)
+
+
+def test_truncated_wav():
+    data = _bytes(_sig(TARGET_RATE), TARGET_RATE, subtype="PCM_16")
+    with pytest.raises(UnreadableAudioError, match="truncated"):
+        read_audio(data[: len(data) - 1000])
+    with pytest.raises(UnreadableAudioError):
+        read_audio(data[:30])  # cut inside the fmt chunk
+
+
+def test_truncated_rf64():
+    data = _bytes(_sig(TARGET_RATE), TARGET_RATE, format="RF64", subtype="PCM_16")
+    with pytest.raises(UnreadableAudioError, match="truncated"):
+        read_audio(data[: len(data) - 1000])
+
+
+def test_wav_with_unknown_length_placeholder():
+    """arecord/ffmpeg writing to a pipe leave 0xFFFFFFFF in the data size: accepted."""
+    x = _sig(TARGET_RATE)
+    b = bytearray(_bytes(x, TARGET_RATE, subtype="PCM_16"))
+    pos = b.index(b"data")
+    b[pos + 4 : pos + 8] = struct.pack("<I", 0xFFFFFFFF)
+    a = read_audio(bytes(b))
+    assert a.samples.size == x.size
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.8, 0.05])
+def test_truncated_flac(fraction):
+    data = _bytes(_sig(TARGET_RATE, seconds=2.0), TARGET_RATE, format="FLAC", subtype="PCM_16")
+    with pytest.raises(UnreadableAudioError):
+        read_audio(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x00" * 1, b"not audio at all" * 50, bytes(range(256)) * 20, b"RIFF\xff\xff\xff\xffWAVEfmt ", b"fLaC\x00\x00"],
+)
+def test_garbage(payload):
+    with pytest.raises(UnreadableAudioError) as exc:
+        read_audio(payload)
+    assert "\n" not in str(exc.value)
+
+
+def test_random_garbage_never_crashes():
+    rng = np.random.default_rng(1)
+    good = _bytes(_sig(TARGET_RATE), TARGET_RATE, subtype="PCM_16")
+    for i in range(30):
+        b = bytearray(good)
+        for j in rng.integers(0, 100, size=8):
+            b[int(j)] = int(rng.integers(0, 256))
+        try:
+            a = read_audio(bytes(b))
+            assert a.samples.dtype == np.float32
+        except AudioError:
+            pass  # any of our specific errors is fine; anything else fails the test
+
+
+def test_empty_file_and_empty_wav(tmp_path, write_clip):
+    p = tmp_path / "empty.wav"
+    p.write_bytes(b"")
+    with pytest.raises(EmptyAudioError):
+        read_audio(p)
+    with pytest.raises(EmptyAudioError):
+        read_audio(write_clip(np.zeros(0, np.float32), TARGET_RATE, name="zero.wav"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UnreadableAudioError, match="no such file"):
+        read_audio(tmp_path / "nope.wav")
+
+
+def test_too_long(write_clip):
+    path = write_clip(np.zeros(TARGET_RATE * 3, np.float32), TARGET_RATE)
+    with pytest.raises(TooLongError, match="2 s limit"):
+        read_audio(path, max_seconds=2)
+    assert read_audio(path, max_seconds=3.5).duration_s == pytest.approx(3.0)
+
+
+def test_too_many_bytes(write_clip):
+    path = write_clip(_sig(TARGET_RATE), TARGET_RATE)
+    with pytest.raises(TooLongError, match="byte limit"):
+        read_audio(path, max_bytes=1000)
+    with pytest.raises(TooLongError, match="byte limit"):
+        read_audio(path.read_bytes(), max_bytes=1000)
+
+
+@pytest.mark.parametrize("rate", [2000, 384000])
+def test_rate_out_of_range(write_clip, rate):
+    with pytest.raises(AudioError, match="sample rate"):
+        read_audio(write_clip(np.zeros(rate // 10, np.float32), rate))
+
+
+def test_audio_from_array():
+    x = _sig(8000)
+    a = audio_from_array((x * 32767).astype(np.int16), 8000, name="mic")
+    assert a.name == "mic" and a.source_rate == 8000 and a.samples.size == 8000
+    assert _peak_hz(a.samples) == pytest.approx(440, abs=3)
+    st = audio_from_array(np.stack([x, -x], axis=1), 8000)
+    assert st.source_channels == 2 and np.abs(st.samples).max() < 1e-6
+    with pytest.raises(EmptyAudioError):
+        audio_from_array(np.zeros(0, np.float32), 16000)
+    with pytest.raises(TooLongError):
+        audio_from_array(np.zeros(16000 * 3, np.float32), 16000, max_seconds=2)
+    with pytest.raises(AudioError):
+        audio_from_array(np.zeros(100, np.float32), 1000)
+    nan = audio_from_array(np.array([np.nan, 2.0, -3.0, 0.1], np.float32), 16000)
+    assert np.all(np.isfinite(nan.samples)) and np.abs(nan.samples).max() <= 1.0
+
+
+def test_real_recordings(speech_dir):
+    wav16 = sorted((speech_dir / "dev").glob("*/*.wav"))[0]
+    a = read_audio(wav16)
+    assert a.source_rate == 16000 and 0.5 < a.duration_s <= 15.0
+    wav8 = sorted((speech_dir / "native8k").glob("*/*.wav"))[0]
+    b = read_audio(wav8)
+    assert b.source_rate == 8000 and b.samples.size == 2 * sf.info(str(wav8)).frames
