@@ -55,3 +55,9 @@ class UnknownProfileError(ProfileError):
 
 class RequestError(EdgeVerifyError):
     code = "bad_request"
+
+
+class MicrophoneError(EdgeVerifyError):
+    """Capture device missing/unusable, or PortAudio not installed."""
+
+    code = "microphone_error"
