@@ -175,8 +175,9 @@ def _finish(x: np.ndarray, rate: int, channels: int, name: str) -> Audio:
         raise EmptyAudioError(f"{name}: audio contains no samples")
     if not np.all(np.isfinite(mono)):
         mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
-    out = resample(mono, rate)
-    out = np.clip(out, -1.0, 1.0).astype(np.float32)
+    # no clipping after resampling: the polyphase filter may overshoot full scale slightly, and the
+    # reference features were computed on the unclipped signal
+    out = resample(mono, rate).astype(np.float32)
     if out.size == 0:
         raise EmptyAudioError(f"{name}: audio contains no samples")
     return Audio(samples=out, source_rate=rate, source_channels=channels, name=name)

@@ -70,3 +70,35 @@ def write_clip(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return _write
+
+
+def _model_file(variant: str) -> Path:
+    """The built model, or skip -- but fail when EDGEVERIFY_REQUIRE_MODEL=1 (tests/run.sh sets it: CI must
+    never silently skip the model tests because the build step broke)."""
+    from edgeverify.errors import ModelError
+    from edgeverify.model_store import resolve_model
+
+    try:
+        return resolve_model(variant)
+    except ModelError as exc:
+        if os.environ.get("EDGEVERIFY_REQUIRE_MODEL") == "1":
+            pytest.fail(f"{variant} model required but missing: {exc.message}")
+        pytest.skip(exc.message)
+
+
+@pytest.fixture(scope="session")
+def int8_model() -> Path:
+    return _model_file("int8")
+
+
+@pytest.fixture(scope="session")
+def fp32_model() -> Path:
+    return _model_file("fp32")
+
+
+@pytest.fixture(scope="session")
+def int8_verifier(int8_model: Path):
+    """One loaded int8 Verifier with the product defaults (VAD on, calibrated threshold)."""
+    from edgeverify.verifier import Verifier
+
+    return Verifier.load(str(int8_model))

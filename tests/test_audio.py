@@ -246,7 +246,9 @@ def test_audio_from_array():
     with pytest.raises(AudioError):
         audio_from_array(np.zeros(100, np.float32), 1000)
     nan = audio_from_array(np.array([np.nan, 2.0, -3.0, 0.1], np.float32), 16000)
-    assert np.all(np.isfinite(nan.samples)) and np.abs(nan.samples).max() <= 1.0
+    # non-finite samples are sanitised; finite ones are kept as they are (no clipping: resampling may
+    # overshoot full scale and the reference features are computed unclipped)
+    assert np.all(np.isfinite(nan.samples)) and nan.samples[0] == 0.0 and nan.samples[2] == -3.0
 
 
 def test_real_recordings(speech_dir):
