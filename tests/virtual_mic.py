@@ -110,12 +110,14 @@ class VirtualMic:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start_capture(self, out: Path, rates: list[int], device: str = "pulse") -> subprocess.Popen:
+    def start_capture(
+        self, out: Path, rates: list[int], device: str = "pulse", once_timeout: float = 0.0
+    ) -> subprocess.Popen:
         """Fresh process capturing with MicrophoneListener; returns once it is listening."""
         repo = Path(__file__).resolve().parents[1]
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "capture", "--out", str(out), "--device", device,
-             "--rates", ",".join(map(str, rates))],
+             "--rates", ",".join(map(str, rates)), "--once-timeout", str(once_timeout)],
             env={**self.env, "PYTHONPATH": str(repo)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )
@@ -129,7 +131,12 @@ class VirtualMic:
     @staticmethod
     def finish_capture(proc: subprocess.Popen, timeout: float = 30.0) -> str:
         """Tell the capture process to stop (flushing), wait; returns its stderr."""
-        _, err = proc.communicate("stop\n", timeout=timeout)
+        try:
+            _, err = proc.communicate("stop\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise RuntimeError(f"capture process did not stop within {timeout:g} s: {err.strip()[-2000:]}")
         if proc.returncode != 0:
             raise RuntimeError(f"capture process failed ({proc.returncode}): {err.strip()[-2000:]}")
         return err
@@ -144,12 +151,14 @@ def capture_main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="pulse")
     ap.add_argument("--rates", default="16000")
+    ap.add_argument("--once-timeout", type=float, default=0.0, help="also run capture_once() with this timeout")
     args = ap.parse_args(argv)
     import logging
+    import threading
 
     import numpy as np
 
-    from edgeverify.microphone import MicrophoneListener, list_input_devices
+    from edgeverify.microphone import MicrophoneListener, capture_once, list_input_devices
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     got: dict[int, list] = {}
@@ -159,8 +168,22 @@ def capture_main(argv: list[str]) -> int:
         listeners.append(MicrophoneListener(args.device, rate, got[rate].append))
     for lst in listeners:
         lst.start()
+    once: dict = {}
+
+    def _once() -> None:  # a second, temporary stream on the same device: the "capture now" path
+        try:
+            once["samples"] = capture_once(args.device, 16000, timeout=args.once_timeout)
+        except Exception as exc:  # reported to the test through stats.json
+            once["error"] = repr(exc)
+
+    worker = threading.Thread(target=_once) if args.once_timeout > 0 else None
+    if worker is not None:
+        worker.start()
+    time.sleep(0.3)  # let the temporary stream open before the test starts playing
     print("READY", flush=True)
     sys.stdin.readline()
+    if worker is not None:
+        worker.join(args.once_timeout + 5)
     for lst in listeners:
         lst.stop(flush=True)
     out = Path(args.out)
@@ -171,6 +194,9 @@ def capture_main(argv: list[str]) -> int:
             "device": lst.device_name, "blocks": lst.blocks, "overflows": lst.overflows,
             "input_overflows": lst.input_overflows, "utterances": lst.utterances,
         }
+    if "samples" in once:
+        np.save(out / "once.npy", once["samples"])
+    stats["once_error"] = once.get("error")
     (out / "stats.json").write_text(json.dumps(stats))
     return 0
 
