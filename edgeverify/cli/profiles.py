@@ -1,0 +1,119 @@
+"""Speaker profiles: `edgeverify enroll|profiles|forget|identify`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+_CONFIG_HELP = "config file for state_dir/model/threshold (default: $EDGEVERIFY_CONFIG or /etc/edgeverify/config.yaml; optional)"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=None, help="directory holding profiles/ (default: the config's state_dir)")
+    parser.add_argument("--config", default=None, help=_CONFIG_HELP)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("enroll", help="create a speaker profile from 1+ clips (3 recommended)")
+    p.add_argument("name", help="profile name: 1-64 characters of A-Z a-z 0-9 _ . -")
+    p.add_argument("clips", nargs="+", metavar="CLIP", help="WAV/FLAC recordings of the speaker, a few seconds of speech each")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
+    p.add_argument("--min-consistency", type=float, default=None, help="refuse a clip whose cosine to the others is below this (default 0.2)")
+    _common(p)
+    p.set_defaults(func=enroll)
+
+    p = sub.add_parser("profiles", help="list enrolled speaker profiles")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    _common(p)
+    p.set_defaults(func=list_profiles)
+
+    p = sub.add_parser("forget", help="delete a speaker profile")
+    p.add_argument("name", help="profile name")
+    _common(p)
+    p.set_defaults(func=forget)
+
+    p = sub.add_parser("identify", help="which enrolled speaker is this clip? (best profile and score, or unknown)")
+    p.add_argument("clip", help="WAV/FLAC clip")
+    p.add_argument("--threshold", type=float, default=None, help="minimum score to name a speaker (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p)
+    p.set_defaults(func=identify)
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
+    from ..config import load_config
+    from ..profiles import MIN_CONSISTENCY, ProfileStore
+
+    config = load_config(args.config, missing_ok=True)
+    floor = getattr(args, "min_consistency", None)
+    store = ProfileStore(args.state_dir or config.state_dir, MIN_CONSISTENCY if floor is None else floor)
+    return config, store
+
+
+def _verifier(config: Any, threshold: Any = None) -> Any:
+    from ..verifier import Verifier
+
+    return Verifier.load(config.model, threads=config.threads, threshold=threshold if threshold is not None else config.threshold)
+
+
+def enroll(args: argparse.Namespace) -> int:
+    from ..audio import read_audio
+    from ..profiles import RECOMMENDED_CLIPS, check_clipping, check_name
+
+    check_name(args.name)
+    config, store = _setup(args)
+    verifier = _verifier(config)
+    embeddings = []
+    for path in args.clips:
+        audio = read_audio(path)
+        check_clipping(audio.samples, path)
+        embeddings.append(verifier.embed(audio))  # NoSpeechError/TooShortError name the clip
+    profile = store.enroll(args.name, embeddings, clip_names=args.clips, replace=args.replace, model=verifier.model_name)
+    print(f"enrolled {profile.name} from {profile.clips} clip(s) in {store.path(profile.name)}")
+    if profile.clips < RECOMMENDED_CLIPS:
+        print(f"note: {RECOMMENDED_CLIPS} clips are recommended for a reliable profile")
+    print("a running daemon picks it up on the next request")
+    return 0
+
+
+def list_profiles(args: argparse.Namespace) -> int:
+    _, store = _setup(args)
+    profiles = store.list()
+    if args.json:
+        print(json.dumps([{"name": p.name, "clips": p.clips, "created": p.created, "model": p.model} for p in profiles]))
+    elif not profiles:
+        print(f"no profiles in {store.dir}")
+    else:
+        for p in profiles:
+            print(f"{p.name}\t{p.clips} clip(s)\t{p.created}\t{p.model or ''}")
+    return 0
+
+
+def forget(args: argparse.Namespace) -> int:
+    _, store = _setup(args)
+    store.forget(args.name)  # UnknownProfileError -> exit 2
+    print(f"forgot {args.name}")
+    return 0
+
+
+def identify(args: argparse.Namespace) -> int:
+    from ..audio import read_audio
+
+    config, store = _setup(args)
+    verifier = _verifier(config, args.threshold)
+    best, score, scores = store.identify(verifier.embed(read_audio(args.clip)), verifier.threshold)
+    if args.json:
+        print(json.dumps({
+            "speaker": best,
+            "score": None if score is None else round(score, 6),
+            "threshold": verifier.threshold,
+            "scores": {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])},
+            "file": args.clip,
+        }))
+    elif best is None:
+        closest = "" if score is None else f" (closest score {score:.4f} < threshold {verifier.threshold:.4f})"
+        print(f"unknown{closest}" if scores else "unknown (no profiles enrolled)")
+    else:
+        print(f"{best}: score {score:.4f} >= threshold {verifier.threshold:.4f}")
+    return 0

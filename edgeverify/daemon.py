@@ -1,0 +1,185 @@
+"""`edgeverify run`: the long-running service -- config, model, MQTT, microphone, systemd life cycle.
+
+Order: validate config -> load + warm up the model -> connect MQTT -> (microphone) -> READY=1.
+The worker loop runs in the main thread, so signal handlers only set flags: SIGTERM finishes the
+request in hand, publishes "offline" and disconnects; SIGHUP reloads config and profiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+from typing import Any, Optional
+
+from . import notify
+from .config import Config, load_config
+from .errors import ConfigError, EdgeVerifyError
+from .handler import RequestHandler
+from .profiles import ProfileStore
+
+log = logging.getLogger(__name__)
+
+CONNECT_WAIT_S = 5.0  # READY=1 is sent after this even if the broker is still unreachable (paho retries)
+MIC_RETRY_S = 30.0
+
+
+def _load_verifier(config: Config) -> Any:
+    from .verifier import Verifier
+
+    started = time.perf_counter()
+    verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold)
+    verifier.warm_up()
+    log.info(
+        "model %s ready in %.0f ms (threshold %.3f)", config.model, 1000 * (time.perf_counter() - started), verifier.threshold
+    )
+    return verifier
+
+
+class Daemon:
+    def __init__(self, config_path: Optional[str] = None) -> None:
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        self._stop = False
+        self._reload = False
+        self._mic: Any = None
+        self._mic_retry_at = 0.0
+        self._last_ping = 0.0
+        self.watchdog_s = notify.watchdog_interval()
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping after the request in hand", signum)
+        self._stop = True
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self._reload = True
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from .mqtt_service import MqttService
+
+        cfg = self.config
+        notify.setup_logging(cfg.log_level)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        notify.status(f"loading model {cfg.model}")
+        self.verifier = _load_verifier(cfg)
+        self.store = ProfileStore(cfg.state_dir)
+        log.info("%d profile(s) in %s", self.store.reload(), self.store.dir)
+        self.handler = RequestHandler(
+            self.verifier, self.store, cfg.limits.max_audio_seconds, None, cfg.microphone.mode
+        )
+        self.service = MqttService(cfg, self.handler, model_name=self.verifier.model_name)
+        notify.status(f"connecting to {cfg.mqtt.host}:{cfg.mqtt.port}")
+        self.service.start()
+        if not self.service.connected.wait(CONNECT_WAIT_S):
+            log.warning("broker %s:%d not reachable yet; retrying in the background", cfg.mqtt.host, cfg.mqtt.port)
+        if cfg.microphone.enabled:
+            self._start_microphone()
+        notify.ready(self._status_text())
+        log.info("ready: %s", self._status_text())
+        tick = 1.0 if self.watchdog_s is None else max(0.05, min(1.0, self.watchdog_s / 3))
+        try:
+            self.service.run(lambda: self._stop, self._on_tick, tick)
+        finally:
+            notify.stopping("stopping")
+            if self._mic is not None:
+                self._mic.stop()
+            self.service.stop()
+            log.info("stopped after %d request(s)", self.service.handled)
+        return 0
+
+    def _status_text(self) -> str:
+        s = self.service
+        mqtt_state = "connected" if s.connected.is_set() else "connecting"
+        mic = "" if not self.config.microphone.enabled else (", mic on" if self._mic is not None else ", mic unavailable")
+        return (
+            f"{mqtt_state}; model {self.verifier.model_name}; {len(self.store.list())} profile(s); "
+            f"{s.handled} request(s), {s.errors} error(s){mic}"
+        )
+
+    def _on_tick(self) -> None:
+        """Runs in the worker loop after every job and at least every tick: a hung loop stops the pings."""
+        now = time.monotonic()
+        if self.watchdog_s is not None and now - self._last_ping >= self.watchdog_s / 3:
+            notify.watchdog()
+            notify.status(self._status_text())
+            self._last_ping = now
+        if self._reload:
+            self._reload = False
+            self.reload()
+        mic = self.config.microphone
+        if mic.enabled and (self._mic is None or not self._mic.healthy) and now >= self._mic_retry_at:
+            if self._mic is not None:
+                log.warning("microphone stopped delivering audio; restarting it")
+                self._mic.stop()
+                self._mic = None
+            self._start_microphone()
+
+    def _start_microphone(self) -> None:
+        from .microphone import MicrophoneListener  # sounddevice/PortAudio only when the microphone is used
+        from .vad import VadConfig
+
+        mic = self.config.microphone
+        self._mic_retry_at = time.monotonic() + MIC_RETRY_S
+        try:
+            listener = MicrophoneListener(
+                mic.device,
+                sample_rate=mic.sample_rate,
+                on_utterance=self.service.submit_utterance,
+                vad_config=VadConfig(**dataclasses.asdict(mic.vad)),
+                pre_roll_s=mic.pre_roll_s,
+                min_utterance_s=mic.min_utterance_s,
+                max_utterance_s=mic.max_utterance_s,
+            )
+            listener.start()
+        except EdgeVerifyError as exc:
+            log.error("microphone unavailable (retrying in %.0f s): %s", MIC_RETRY_S, exc.message)
+            notify.status(f"microphone unavailable: {exc.message}")
+            return
+        self._mic = listener
+        self.handler.microphone = listener
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config (keep the old one if invalid), reload the model if it changed, re-read profiles."""
+        notify.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload: keeping the running configuration: %s", exc.message)
+            notify.ready(f"reload failed: {exc.message}")
+            return
+        old = self.config
+        if (new.model, new.threads, new.threshold) != (old.model, old.threads, old.threshold):
+            try:
+                self.verifier = _load_verifier(new)
+            except EdgeVerifyError as exc:
+                log.error("reload: keeping the running model: %s", exc.message)
+                notify.ready(f"reload failed: {exc.message}")
+                return
+            self.handler.verifier = self.verifier
+        for section in ("mqtt", "device_id", "state_dir"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("reload: %s changed; it takes effect after a restart", section)
+                setattr(new, section, getattr(old, section))
+        if dataclasses.replace(new.microphone, mode=old.microphone.mode) != old.microphone:
+            log.warning("reload: microphone settings other than mode take effect after a restart")
+        self.handler.mic_mode = new.microphone.mode
+        self.handler.max_audio_seconds = new.limits.max_audio_seconds
+        self.service.config.limits.max_payload_bytes = new.limits.max_payload_bytes
+        new.microphone = dataclasses.replace(old.microphone, mode=new.microphone.mode)
+        new.limits.queue_size = old.limits.queue_size
+        self.config = new
+        count = self.store.reload()
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("reloaded configuration and %d profile(s)", count)
+        notify.ready(self._status_text())
+
+
+def run_daemon(config_path: Optional[str] = None) -> int:
+    return Daemon(config_path).run()

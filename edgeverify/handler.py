@@ -1,0 +1,94 @@
+"""Turns protocol requests (and microphone utterances) into calls on the core; knows nothing of MQTT."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import numpy as np
+
+from .audio import TARGET_RATE, Audio, audio_from_array, read_audio
+from .errors import RequestError
+from .profiles import ProfileStore
+from .protocol import Clip, Request, Response
+from .verifier import Verifier
+
+log = logging.getLogger(__name__)
+
+
+class RequestHandler:
+    def __init__(
+        self,
+        verifier: Verifier,
+        store: ProfileStore,
+        max_audio_seconds: float = 60.0,
+        microphone: Any = None,
+        mic_mode: str = "identify",
+    ) -> None:
+        self.verifier = verifier
+        self.store = store
+        self.max_audio_seconds = max_audio_seconds
+        self.microphone = microphone  # MicrophoneListener or None
+        self.mic_mode = mic_mode
+
+    def _audio(self, clip: Clip) -> Audio:
+        return read_audio(clip.data, name=clip.name, max_seconds=self.max_audio_seconds)
+
+    def _result(self, embedding: np.ndarray, profile: Optional[str], threshold: Optional[float]) -> dict[str, Any]:
+        """verify against `profile`, or identify among all profiles when profile is None."""
+        if profile is not None:
+            p = self.store.get(profile)  # UnknownProfileError -> error reply
+            d = self.verifier.decide(self.verifier.score(embedding, p.embedding), threshold)
+            return {"profile": profile, "same_speaker": d.same_speaker, "score": round(d.score, 6), "threshold": d.threshold}
+        limit = self.verifier.threshold if threshold is None else threshold
+        best, score, scores = self.store.identify(embedding, limit)
+        return {
+            "speaker": best,
+            "same_speaker": best is not None,
+            "score": None if score is None else round(score, 6),
+            "threshold": limit,
+            "scores": {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:10]},
+        }
+
+    def handle(self, req: Request) -> Response:
+        meta = req.meta()
+        result: dict[str, Any]
+        if req.type == "verify":
+            assert req.first is not None and req.second is not None
+            d = self.verifier.verify(self._audio(req.first), self._audio(req.second), req.threshold)
+            result = {"same_speaker": d.same_speaker, "score": round(d.score, 6), "threshold": d.threshold}
+        elif req.type in ("verify_profile", "identify"):
+            assert req.first is not None
+            if req.profile is not None:
+                self.store.get(req.profile)  # unknown profile: fail before spending time on the model
+            emb = self.verifier.embed(self._audio(req.first))
+            result = self._result(emb, req.profile if req.type == "verify_profile" else None, req.threshold)
+        elif req.type == "capture":
+            if self.microphone is None:
+                raise RequestError("capture needs the microphone (microphone.enabled: true)")
+            samples = self.microphone.capture_once(req.seconds)  # MicrophoneError -> error reply
+            audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
+            result = self._result(self.verifier.embed(audio), req.profile, req.threshold)
+        else:  # parse_request only lets known types through
+            raise RequestError(f"unknown request type {req.type!r}")
+        result["model"] = self.verifier.model_name
+        return Response(ok=True, meta=meta, result=result)
+
+    def utterance(self, samples: np.ndarray) -> Optional[Response]:
+        """A microphone utterance: identify or verify per microphone.mode; None when not speech enough."""
+        from .errors import AudioError, ProfileError
+
+        meta: dict[str, Any] = {"type": "microphone", "first_file": "microphone"}
+        profile = self.mic_mode.split(":", 1)[1] if self.mic_mode.startswith("verify:") else None
+        try:
+            audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
+            result = self._result(self.verifier.embed(audio), profile, None)
+        except AudioError as exc:
+            log.info("microphone utterance skipped: %s", exc.message)
+            return None
+        except ProfileError as exc:
+            log.warning("microphone decision impossible: %s", exc.message)
+            return None
+        result["duration_s"] = round(audio.duration_s, 2)
+        result["model"] = self.verifier.model_name
+        return Response(ok=True, meta=meta, result=result)
