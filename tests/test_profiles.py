@@ -1,0 +1,136 @@
+"""Profile store: enrollment maths, refusals, files on disk, identification; the profile CLI on real speech."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeverify.errors import AudioError, ProfileError, UnknownProfileError
+from edgeverify.profiles import ProfileStore, check_clipping
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _speaker(seed: int, n: int, spread: float = 0.15) -> list[np.ndarray]:
+    """n noisy embeddings around one random direction (synthetic 'clips' of one speaker)."""
+    rng = np.random.default_rng(seed)
+    centre = _unit(rng.standard_normal(192))
+    return [centre * 5 + spread * rng.standard_normal(192) for _ in range(n)]  # unnormalised on purpose
+
+
+def test_enroll_is_renormalised_mean_of_normalised(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path)
+    embs = _speaker(1, 3)
+    p = store.enroll("alice", embs)
+    expected = _unit(np.mean([_unit(e) for e in embs], axis=0))
+    np.testing.assert_allclose(p.embedding, expected, atol=1e-9)
+    assert p.clips == 3
+    loaded = ProfileStore(tmp_path).get("alice")  # a fresh store reads the file
+    np.testing.assert_allclose(loaded.embedding, expected, atol=1e-6)
+
+
+def test_files_private_and_atomic(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "state")
+    store.enroll("bob", _speaker(2, 1))
+    assert stat.S_IMODE(store.dir.stat().st_mode) == 0o700
+    f = store.path("bob")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert [p.name for p in store.dir.iterdir()] == ["bob.json"]  # no temp files left
+    doc = json.loads(f.read_text())
+    assert doc["name"] == "bob" and len(doc["embedding"]) == 192
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "x" * 65, "sp ace", "ü"])
+def test_bad_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ProfileError, match="invalid profile name"):
+        ProfileStore(tmp_path).enroll(name, _speaker(3, 1))
+
+
+def test_refusals(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path)
+    with pytest.raises(ProfileError, match="at least 1 clip"):
+        store.enroll("a", [])
+    mixed = _speaker(4, 2) + _speaker(5, 1)
+    with pytest.raises(ProfileError, match=r"c.wav does not match the other clips \(cosine"):
+        store.enroll("a", mixed, clip_names=["a.wav", "b.wav", "c.wav"])
+    with pytest.raises(ProfileError, match="x.wav and y.wav do not match each other"):
+        store.enroll("a", _speaker(4, 1) + _speaker(5, 1), clip_names=["x.wav", "y.wav"])
+    with pytest.raises(ProfileError, match="zero or not finite"):
+        store.enroll("a", [np.zeros(192)])
+    assert store.list() == []  # nothing written by refused enrollments
+    store.enroll("a", _speaker(4, 2))
+    with pytest.raises(ProfileError, match="already exists"):
+        store.enroll("a", _speaker(4, 2))
+    store.enroll("a", _speaker(6, 2), replace=True)
+
+
+def test_clipping_check() -> None:
+    rng = np.random.default_rng(0)
+    x = (0.3 * rng.standard_normal(16000)).clip(-0.9, 0.9).astype(np.float32)
+    check_clipping(x, "clean.wav")
+    x[::20] = 1.0  # 5 % clipped
+    with pytest.raises(AudioError, match=r"loud.wav: 5.0% of samples are clipped"):
+        check_clipping(x, "loud.wav")
+
+
+def test_identify_forget_and_external_changes(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path)
+    assert store.identify(_unit(np.ones(192)), 0.3) == (None, None, {})
+    alice, bob = _speaker(10, 4), _speaker(11, 4)
+    store.enroll("alice", alice[:3])
+    store.enroll("bob", bob[:3])
+    name, score, scores = store.identify(alice[3], 0.3)
+    assert name == "alice" and score == scores["alice"] > 0.8 and scores["bob"] < 0.3
+    stranger = _speaker(12, 1)[0]
+    name, score, _ = store.identify(stranger, 0.3)
+    assert name is None and score is not None and score < 0.3
+    # another process (the CLI) removes a profile: this store notices without an explicit reload
+    ProfileStore(tmp_path).forget("alice")
+    assert [p.name for p in store.list()] == ["bob"]
+    with pytest.raises(UnknownProfileError):
+        store.get("alice")
+    with pytest.raises(UnknownProfileError):
+        store.forget("alice")
+
+
+def test_unreadable_profile_is_skipped(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path)
+    store.enroll("ok", _speaker(1, 1))
+    (store.dir / "broken.json").write_text("{not json")
+    assert [p.name for p in ProfileStore(tmp_path).list()] == ["ok"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeverify", *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def test_cli_enroll_identify_forget(tmp_path: Path, speech_dir: Path, int8_model: Path) -> None:
+    a = sorted((speech_dir / "dev" / "vctk-p225").glob("*.wav"))
+    b = sorted((speech_dir / "dev" / "vctk-p226").glob("*.wav"))
+    c = sorted((speech_dir / "dev" / "ls-533").glob("*.wav"))  # other corpus, far from both
+    sd = ["--state-dir", str(tmp_path), "--config", str(tmp_path / "none.yaml")]
+    r = _cli("enroll", "alice", *map(str, a[:3]), *sd)
+    assert r.returncode == 0, r.stderr
+    assert _cli("enroll", "bob", *map(str, b[:3]), *sd).returncode == 0
+    r = _cli("enroll", "mixed", str(a[0]), str(a[1]), str(c[0]), *sd)
+    assert r.returncode == 2 and "does not match the other clips" in r.stderr
+    r = _cli("profiles", "--json", *sd)
+    assert [p["name"] for p in json.loads(r.stdout)] == ["alice", "bob"]
+    r = _cli("identify", str(a[5]), "--json", *sd)
+    out = json.loads(r.stdout)
+    assert out["speaker"] == "alice" and out["scores"]["alice"] > out["scores"]["bob"]
+    r = _cli("identify", str(c[3]), *sd)
+    assert r.returncode == 0 and r.stdout.startswith("unknown"), r.stdout
+    assert _cli("forget", "alice", *sd).returncode == 0
+    r = _cli("forget", "alice", *sd)
+    assert r.returncode == 2 and "no profile named 'alice'" in r.stderr
