@@ -138,12 +138,19 @@ install_system() {
             --shell /usr/sbin/nologin --comment "EdgeVerify speaker verification" "$SVC_USER"
     elif ! id -nG "$SVC_USER" | tr ' ' '\n' | grep -qx audio; then
         run usermod -a -G audio "$SVC_USER"
+    else
+        say "   user $SVC_USER exists"
     fi
 
     say "3. Python environment $VENV"
     run install -d -m 0755 "$PREFIX"
-    if [ ! -x "$VENV/bin/python" ]; then
-        run python3 -m venv "$VENV"
+    # the distribution's Python, never a per-user one (pyenv, ~/.local): the service user must be able to run it
+    if [ -x "$VENV/bin/python" ] && ! grep -qx "home = /usr/bin" "$VENV/pyvenv.cfg" 2>/dev/null; then
+        warn "$VENV was not made from /usr/bin/python3: recreating it"
+        run rm -rf "$VENV"
+    fi
+    if [ ! -x "$VENV/bin/python" ] || [ "$PLAN" = 1 ]; then
+        run /usr/bin/python3 -m venv "$VENV"
     fi
     run "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[systemd,build]"
 
