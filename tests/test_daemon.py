@@ -1,0 +1,359 @@
+"""End to end: `python -m edgeverify run` as a real subprocess, a real mosquitto, real recordings.
+
+The test plays systemd (binds NOTIFY_SOCKET, waits for READY=1, sends SIGTERM) and the hub (paho v5
+and 3.1.1 clients). Every wait is a few seconds at most.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from broker import MOSQUITTO, Broker, Hub  # noqa: E402
+
+from edgeverify.protocol import encode_request  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PREFIX = "evtest"
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
+
+
+class NotifySocket:
+    """What systemd does: a datagram socket collecting sd_notify messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._run = True
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while self._run:
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def wait_for(self, line: str, timeout: float, since: int = 0) -> int:
+        """Index of the first message from `since` on containing the line `line`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i in range(since, len(self.messages)):
+                if line in self.messages[i][1].split("\n"):
+                    return i
+            time.sleep(0.02)
+        raise TimeoutError(f"no {line!r} from the daemon within {timeout} s; got {[m for _, m in self.messages]}")
+
+    def close(self) -> None:
+        self._run = False
+        self.sock.close()
+
+
+class DaemonProcess:
+    def __init__(self, tmp: Path, port: int, model: Path, state_dir: Path, device_id: str,
+                 watchdog_usec: Optional[int] = None, **mqtt_extra: Any) -> None:
+        self.device_id = device_id
+        self.base = f"{PREFIX}/{device_id}"
+        cfg = tmp / f"{device_id}.yaml"
+        mqtt = {"host": "127.0.0.1", "port": port, "topic_prefix": PREFIX, "reconnect_max_s": 2, **mqtt_extra}
+        cfg.write_text(json.dumps({  # JSON is YAML
+            "device_id": device_id,
+            "model": str(model),
+            "state_dir": str(state_dir),
+            "mqtt": mqtt,
+            "limits": {"max_payload_bytes": 3_000_000, "queue_size": 1, "max_audio_seconds": 30},
+        }))
+        self.notify = NotifySocket(tmp / f"{device_id}.notify")
+        env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "JOURNAL_STREAM", "WATCHDOG_PID")}
+        env["NOTIFY_SOCKET"] = self.notify.path
+        env.pop("WATCHDOG_USEC", None)
+        if watchdog_usec:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        self.log = open(tmp / f"{device_id}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeverify", "run", "--config", str(cfg)],
+            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.log_path = tmp / f"{device_id}.log"
+        try:
+            self.notify.wait_for("READY=1", 30)
+        except TimeoutError:
+            self.stop()
+            raise AssertionError(f"daemon never became ready:\n{self.log_path.read_text()}") from None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.notify.close()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def clips(speech_dir: Path) -> dict[str, list[Path]]:
+    d = speech_dir / "dev"
+    return {s: sorted((d / s).glob("*.wav")) for s in ("vctk-p225", "vctk-p226", "ls-533")}
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory, int8_verifier: Any, clips: dict[str, list[Path]]) -> Path:
+    from edgeverify.audio import read_audio
+    from edgeverify.profiles import ProfileStore
+
+    root = tmp_path_factory.mktemp("state")
+    store = ProfileStore(root)
+    for name, spk in (("alice", "vctk-p225"), ("bob", "vctk-p226")):
+        store.enroll(name, [int8_verifier.embed(read_audio(p)) for p in clips[spk][:3]])
+    return root
+
+
+@pytest.fixture(scope="module")
+def broker() -> Any:
+    with Broker() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, broker: Broker, int8_model: Path, state_dir: Path) -> Any:
+    d = DaemonProcess(tmp_path_factory.mktemp("daemon"), broker.port, int8_model, state_dir, "dev1")
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def hub(broker: Broker) -> Any:
+    h = Hub(broker.port)
+    yield h
+    h.close()
+
+
+def _ask(hub: Hub, topic: str, payload: bytes, user: Optional[dict[str, str]] = None, timeout: float = 10) -> dict:
+    """v5 request/response: own response topic, matched by correlation data."""
+    reply = f"hub/replies/{uuid.uuid4().hex}"
+    corr = uuid.uuid4().bytes
+    hub.subscribe(reply)
+    hub.publish(topic, payload, response_topic=reply, correlation=corr, user=user)
+    msg = hub.wait(lambda m: m.topic == reply and getattr(m.properties, "CorrelationData", None) == corr, timeout)
+    return json.loads(msg.payload)
+
+
+def _b(p: Path) -> tuple[str, bytes]:
+    return (p.name, p.read_bytes())
+
+
+def test_verify_same_and_different_speaker(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
+    a, b = clips["vctk-p225"], clips["vctk-p226"]
+    meta = dict(request_id="r-1", requestor_id="hub-7", requestor_type="hub", analysis_id="an-1")
+    same = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(a[4]), **meta))
+    assert same["ok"] is True and same["same_speaker"] is True, same
+    assert same["score"] >= same["threshold"]
+    for k, v in meta.items():
+        assert same[k] == v
+    assert same["first_file"] == a[3].name and same["second_file"] == a[4].name
+    assert same["analyzer_id"] == "dev1" and same["type"] == "verify"
+    assert same["timestamp"].endswith("Z") and same["elapsed_ms"] > 0
+    diff = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(b[4]), request_id="r-2"))
+    assert diff["ok"] is True and diff["same_speaker"] is False and diff["score"] < diff["threshold"], diff
+    uuid.UUID(diff["analysis_id"])  # generated when absent
+    assert diff["request_id"] == "r-2"
+
+
+def test_profiles_identify_and_raw_audio(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
+    a, stranger = clips["vctk-p225"], clips["ls-533"]
+    r = _ask(hub, f"{daemon.base}/request", encode_request("verify_profile", _b(a[6]), profile="alice"))
+    assert r["ok"] and r["same_speaker"] is True and r["profile"] == "alice", r
+    r = _ask(hub, f"{daemon.base}/request", encode_request("verify_profile", _b(a[6]), profile="bob"))
+    assert r["ok"] and r["same_speaker"] is False
+    r = _ask(hub, f"{daemon.base}/request", encode_request("identify", _b(a[7]), request_id="id-1"))
+    assert r["ok"] and r["speaker"] == "alice" and set(r["scores"]) == {"alice", "bob"}, r
+    r = _ask(hub, f"{daemon.base}/request", encode_request("identify", _b(stranger[2])))
+    assert r["ok"] and r["speaker"] is None and r["same_speaker"] is False
+    # raw WAV bytes, metadata as user properties
+    r = _ask(hub, f"{daemon.base}/request/identify", a[5].read_bytes(),
+             user={"request_id": "raw-1", "requestor_id": "hub-7", "name": "door.wav"})
+    assert r["ok"] and r["speaker"] == "alice" and r["request_id"] == "raw-1" and r["first_file"] == "door.wav", r
+    r = _ask(hub, f"{daemon.base}/request/verify_profile", a[5].read_bytes(), user={"profile": "bob"})
+    assert r["ok"] and r["same_speaker"] is False and r["profile"] == "bob"
+
+
+def test_mqtt311_client_with_reply_to(daemon: DaemonProcess, broker: Broker, clips: dict[str, list[Path]]) -> None:
+    old = Hub(broker.port, v5=False)
+    try:
+        old.subscribe("legacy/answers")
+        a = clips["vctk-p225"]
+        old.publish(f"{daemon.base}/request",
+                    encode_request("verify", _b(a[0]), _b(a[1]), request_id="v3", reply_to="legacy/answers"))
+        r = json.loads(old.wait(lambda m: m.topic == "legacy/answers", 10).payload)
+        assert r["ok"] and r["request_id"] == "v3" and r["same_speaker"] is True
+        # no reply_to at all: the device's default response topic
+        old.subscribe(f"{daemon.base}/response")
+        old.publish(f"{daemon.base}/request", b"{oops", )
+        r = json.loads(old.wait(lambda m: m.topic == f"{daemon.base}/response", 10).payload)
+        assert r["ok"] is False and r["error"]["code"] == "bad_request"
+    finally:
+        old.close()
+
+
+def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "payload, code, message",
+    [
+        (b"not json", "bad_request", "not valid JSON"),
+        (b'{"type": "dance", "request_id": "e1"}', "bad_request", "'type' must be one of"),
+        (b'{"type": "verify", "request_id": "e1", "first": {"name": "a.wav", "audio_b64": "%%%"}}', "bad_request", "not valid base64"),
+        (b'{"type": "verify", "request_id": "e1", "first": {"name": "a.wav", "audio_b64": "AAAA"}}', "bad_request", "'second' must be an object"),
+        (b'{"type": "verify_profile", "request_id": "e1", "first": {"audio_b64": "AAAA"}}', "bad_request", "'profile' is required"),
+        (b'{"type": "capture", "request_id": "e1"}', "bad_request", "needs the microphone"),
+    ],
+)
+def test_bad_requests_get_error_responses(daemon: DaemonProcess, hub: Hub, payload: bytes, code: str, message: str) -> None:
+    r = _ask(hub, f"{daemon.base}/request", payload)
+    assert r["ok"] is False and r["error"]["code"] == code and message in r["error"]["message"], r
+    if payload.startswith(b"{"):
+        assert r["request_id"] == "e1"
+    assert r["analyzer_id"] == "dev1"
+
+
+def test_bad_audio_and_unknown_profile(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
+    a = clips["vctk-p225"]
+    garbage = ("junk.wav", os.urandom(5000))
+    r = _ask(hub, f"{daemon.base}/request", encode_request("verify", garbage, _b(a[0]), request_id="g"))
+    assert r["ok"] is False and r["error"]["code"] == "unreadable_audio" and "junk.wav" in r["error"]["message"], r
+    assert r["first_file"] == "junk.wav" and r["second_file"] == a[0].name
+    silence = ("quiet.wav", _wav(np.zeros(32000, dtype=np.float32)))
+    r = _ask(hub, f"{daemon.base}/request", encode_request("identify", silence))
+    assert r["ok"] is False and r["error"]["code"] in ("no_speech", "too_short"), r
+    r = _ask(hub, f"{daemon.base}/request", encode_request("verify_profile", _b(a[0]), profile="carol"))
+    assert r["ok"] is False and r["error"]["code"] == "unknown_profile", r
+    r = _ask(hub, f"{daemon.base}/request", encode_request("verify_profile", _b(a[0]), profile="../etc"))
+    assert r["ok"] is False and r["error"]["code"] == "profile_error", r
+    long = ("long.wav", _wav(np.zeros(16000 * 31, dtype=np.float32)))
+    r = _ask(hub, f"{daemon.base}/request", encode_request("identify", long))
+    assert r["ok"] is False and r["error"]["code"] == "too_long", r
+
+
+def test_oversized_payload(daemon: DaemonProcess, hub: Hub) -> None:
+    big = json.dumps({"type": "identify", "request_id": "big", "first": {"audio_b64": "A" * 3_100_000}}).encode()
+    r = _ask(hub, f"{daemon.base}/request", big)
+    assert r["ok"] is False and r["error"]["code"] == "payload_too_large", r
+
+
+def test_busy_when_queue_full(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
+    """queue_size 1: a burst gets immediate "busy" replies for what does not fit -- every request answered."""
+    a = clips["vctk-p225"]
+    req = encode_request("verify", _b(a[0]), _b(a[1]))
+    reply = f"hub/burst/{uuid.uuid4().hex}"
+    hub.subscribe(reply)
+    n = 6
+    for i in range(n):
+        hub.publish(f"{daemon.base}/request", req, response_topic=reply, correlation=bytes([i]))
+    got = {}
+    while len(got) < n:
+        m = hub.wait(lambda m: m.topic == reply, 15)
+        got[m.properties.CorrelationData] = json.loads(m.payload)
+    codes = [r["error"]["code"] if not r["ok"] else "ok" for r in got.values()]
+    assert "busy" in codes and "ok" in codes, codes
+    assert set(codes) <= {"busy", "ok"}
+
+
+def test_availability_discovery_and_state(daemon: DaemonProcess, hub: Hub) -> None:
+    hub.subscribe(f"{daemon.base}/availability")
+    assert hub.wait(lambda m: m.topic.endswith("/availability"), 5).payload == b"online"
+    hub.subscribe("homeassistant/+/edgeverify_dev1/+/config")
+    seen = {}
+    while len(seen) < 3:
+        m = hub.wait(lambda m: m.topic.startswith("homeassistant/"), 5)
+        seen[m.topic] = json.loads(m.payload)
+    assert set(seen) == {f"homeassistant/{c}/edgeverify_dev1/{k}/config"
+                         for c, k in (("binary_sensor", "match"), ("sensor", "speaker"), ("sensor", "score"))}
+    for doc in seen.values():
+        assert doc["state_topic"] == f"{daemon.base}/state" and doc["availability_topic"] == f"{daemon.base}/availability"
+        assert doc["device"]["identifiers"] == ["edgeverify_dev1"]
+    hub.subscribe(f"{daemon.base}/state")  # retained: the last decision of the earlier tests
+    state = json.loads(hub.wait(lambda m: m.topic.endswith("/state"), 5).payload)
+    assert {"speaker", "score", "same_speaker", "timestamp"} <= set(state)
+
+
+def test_sigterm_publishes_offline(tmp_path: Path, broker: Broker, int8_model: Path, state_dir: Path, hub: Hub) -> None:
+    d = DaemonProcess(tmp_path, broker.port, int8_model, state_dir, "dev-term", watchdog_usec=600_000)
+    try:
+        # WATCHDOG_USEC=0.6 s: pings at least every 0.2 s while idle
+        first = d.notify.wait_for("WATCHDOG=1", 3)
+        time.sleep(1.0)
+        pings = [t for t, m in d.notify.messages[first:] if "WATCHDOG=1" in m.split("\n")]
+        assert len(pings) >= 3 and max(np.diff(pings)) < 0.6, pings
+        hub.subscribe(f"{d.base}/availability")
+        assert hub.wait(lambda m: m.topic == f"{d.base}/availability", 5).payload == b"online"
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(10) == 0
+        d.notify.wait_for("STOPPING=1", 2)
+        assert hub.wait(lambda m: m.topic == f"{d.base}/availability", 5).payload == b"offline"
+    finally:
+        d.stop()
+    late = Hub(broker.port)  # retained for whoever connects later
+    try:
+        late.subscribe(f"{d.base}/availability")
+        assert late.wait(None, 5).payload == b"offline"
+    finally:
+        late.close()
+
+
+def test_sighup_reloads(tmp_path: Path, broker: Broker, int8_model: Path, state_dir: Path) -> None:
+    d = DaemonProcess(tmp_path, broker.port, int8_model, state_dir, "dev-hup")
+    try:
+        at = len(d.notify.messages)
+        d.proc.send_signal(signal.SIGHUP)
+        i = d.notify.wait_for("RELOADING=1", 3, since=at)
+        d.notify.wait_for("READY=1", 5, since=i)
+    finally:
+        assert d.stop() == 0
+
+
+def test_shared_group_spreads_requests(tmp_path: Path, broker: Broker, int8_model: Path, state_dir: Path,
+                                       hub: Hub, clips: dict[str, list[Path]]) -> None:
+    d1 = DaemonProcess(tmp_path, broker.port, int8_model, state_dir, "pool1", shared_group="pool")
+    d2 = DaemonProcess(tmp_path, broker.port, int8_model, state_dir, "pool2", shared_group="pool")
+    try:
+        a = clips["vctk-p225"]
+        handled = []
+        for i in range(6):
+            r = _ask(hub, f"{PREFIX}/request", encode_request("identify", _b(a[i % 8]), request_id=f"s{i}"))
+            assert r["ok"] and r["request_id"] == f"s{i}", r
+            handled.append(r["analyzer_id"])
+        assert set(handled) == {"pool1", "pool2"}, handled
+    finally:
+        d1.stop()
+        d2.stop()
