@@ -116,6 +116,7 @@ class MqttService:
                 c.publish(self.availability_topic, "offline", qos=1, retain=True).wait_for_publish(timeout)
             except (RuntimeError, ValueError) as exc:
                 log.warning("could not publish offline: %s", exc)
+        c.disable_logger()  # paho 2.x logs a spurious "not connected" error from its loop after disconnect()
         c.disconnect()
         c.loop_stop()
         self.connected.clear()
