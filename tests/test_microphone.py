@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from edgeverify.errors import ConfigError, MicrophoneError
-from edgeverify.microphone import MicrophoneListener, resolve_device
+from edgeverify.microphone import MicrophoneListener, list_input_devices, resolve_device
 from edgeverify.vad import UtteranceCutter, VadConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -161,7 +161,15 @@ def test_captured_embedding_matches_the_file(session: dict) -> None:
 # -- errors (no virtual mic needed: PortAudio with whatever devices this machine has) --------------------
 
 
-def test_missing_device_is_a_clear_error() -> None:
+@pytest.fixture
+def portaudio() -> None:
+    try:
+        list_input_devices()
+    except MicrophoneError as exc:
+        pytest.skip(f"PortAudio unavailable: {exc.message}")
+
+
+def test_missing_device_is_a_clear_error(portaudio: None) -> None:
     with pytest.raises(MicrophoneError, match="no audio input device matches"):
         resolve_device("no-such-microphone-xyz")
     with pytest.raises(MicrophoneError, match="index 999 does not exist"):
