@@ -249,11 +249,12 @@ class MqttService:
             topic = reply_to if _valid_topic(reply_to) else self.response_topic
         self._publish(topic, json.dumps(body).encode(), out)
         log.info(
-            "%s %s -> %s (%s)",
+            "%s %s -> %s (%s, %s ms)",
             body.get("type"),
             body.get("request_id"),
             topic,
             "ok" if resp.ok else body["error"]["code"],
+            body.get("elapsed_ms"),
         )
         return body
 
