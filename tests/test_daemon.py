@@ -6,7 +6,6 @@ and 3.1.1 clients). Every wait is a few seconds at most.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
