@@ -1,0 +1,401 @@
+"""Does edgeverify give the same answers on the Raspberry Pi's CPU family as on x86?
+
+Run by tests/arm/run_arm_check.sh with the x86 venv's Python (the driver). The driver computes x86
+embeddings in-process and starts this same file as a worker under each emulated arm64 Python
+(QEMU user mode: Cortex-A72 = Pi 4, no int8 dot product; Cortex-A76 = Pi 5, SDOT/UDOT). An arm Python
+cannot exec arm subprocesses (no binfmt_misc), so every arm process is started by the driver through
+the wrapper. Checks, per emulated CPU:
+
+  a. every module of the package imports (daemon ones included), plus the native libraries they load
+     (onnxruntime, libsndfile via soundfile, libportaudio via sounddevice, python-systemd);
+  b. int8 embeddings of a fixed sample of dev-set clips (the very models/ecapa-int8.onnx built on x86)
+     have cosine >= MIN_COSINE to the x86 ones, and every pair gets the same decision at the default
+     threshold; fp32 on a few clips too;
+  c. `python -m edgeverify verify A B --json` gives the x86 decision, score within SCORE_TOLERANCE.
+
+Exit status 0 when everything holds (or the speech data is missing: skipped, said loudly), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import itertools
+import json
+import os
+import pkgutil
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[2]
+MIN_COSINE = 0.9999
+SCORE_TOLERANCE = 1e-4
+
+# Short (2-3.6 s) dev clips: 5 speakers x 2, three corpora, both sexes, a child, German and English,
+# two same-source female readers (the hardest non-target pairs). Paths relative to the dev set.
+SAMPLE = (
+    "ls-1998/1998-15444-0007.wav",
+    "ls-1998/1998-15444-0008.wav",
+    "ls-3331/3331-159605-0001.wav",
+    "ls-3331/3331-159605-0006.wav",
+    "ls-3005/3005-163389-0002.wav",
+    "ls-3005/3005-163389-0004.wav",
+    "so762-0001/000010011.wav",
+    "so762-0001/000010133.wav",
+    "emodb-08/08a02Na.wav",
+    "emodb-08/08a04Nc.wav",
+)
+FP32_SAMPLE = 2  # the first N files of SAMPLE are also embedded with the fp32 model
+# CLI pairs: (same speaker, different speakers of the same corpus and sex)
+CLI_PAIRS = ((0, 1), (0, 2))
+
+# Native extensions the package loads lazily or optionally: they must load on arm64 too.
+NATIVE_IMPORTS = ("onnxruntime", "numpy", "scipy.signal", "soundfile", "sounddevice", "yaml", "paho.mqtt.client", "systemd.daemon")
+# Optional on x86 (the venv has the systemd extra only where libsystemd-dev was there to compile it);
+# the arm side installs Debian's python3-systemd, so there it must load.
+OPTIONAL_ON_X86 = ("systemd.daemon",)
+
+AT_HWCAP = 16
+HWCAP_ASIMDDP = 1 << 20  # SDOT/UDOT (Armv8.2 dot product)
+AT_HWCAP2 = 26
+HWCAP2_I8MM = 1 << 13
+
+
+# --------------------------------------------------------------------------------------------- worker
+def speech_dir() -> Path:
+    default = REPO.parent / "shared" / "data" / "speech"
+    return Path(os.environ.get("EDGEVERIFY_SPEECH_DIR", default))
+
+
+def cpu_flags() -> Dict[str, object]:
+    """What the (emulated) CPU advertises to onnxruntime: the auxiliary vector, not /proc/cpuinfo text."""
+    info: Dict[str, object] = {"machine": platform.machine()}
+    if platform.machine() == "aarch64":
+        libc = ctypes.CDLL(None)
+        libc.getauxval.restype = ctypes.c_ulong
+        hwcap, hwcap2 = libc.getauxval(AT_HWCAP), libc.getauxval(AT_HWCAP2)
+        info.update(dotprod=bool(hwcap & HWCAP_ASIMDDP), i8mm=bool(hwcap2 & HWCAP2_I8MM))
+    else:
+        flags = set()
+        try:
+            for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+        except OSError:
+            pass
+        info.update(avx2="avx2" in flags, avx512_vnni="avx512_vnni" in flags, avx_vnni="avx_vnni" in flags,
+                    amx_int8="amx_int8" in flags)
+    return info
+
+
+def import_everything(optional: Sequence[str] = ()) -> Dict[str, object]:
+    """Import every module of the package (walk_packages) and the native libraries it loads lazily."""
+    import edgeverify
+
+    modules, failures = [], {}
+    for info in pkgutil.walk_packages(edgeverify.__path__, "edgeverify.", onerror=lambda name: failures.setdefault(name, "walk failed")):
+        try:
+            importlib.import_module(info.name)
+            modules.append(info.name)
+        except Exception:  # report every failure, not just the first
+            failures[info.name] = traceback.format_exc(limit=3)
+    absent = []
+    for name in NATIVE_IMPORTS:
+        try:
+            importlib.import_module(name)
+            modules.append(name)
+        except ModuleNotFoundError:
+            if name in optional:
+                absent.append(name)
+            else:
+                failures[name] = traceback.format_exc(limit=3)
+        except Exception:
+            failures[name] = traceback.format_exc(limit=3)
+    return {"modules": modules, "failures": failures, "absent_optional": absent}
+
+
+def embed_files(model: str, files: Sequence[Path]) -> Dict[str, object]:
+    """Embeddings (as lists) and per-clip seconds with the same settings as `edgeverify verify`."""
+    from edgeverify.audio import read_audio
+    from edgeverify.verifier import Verifier
+
+    started = time.perf_counter()
+    verifier = Verifier.load(model, threads=1)  # VAD on, default threshold: as the CLI and the daemon
+    load_s = time.perf_counter() - started
+    rows = []
+    for path in files:
+        audio = read_audio(path)
+        started = time.perf_counter()
+        vector = verifier.embed(audio)
+        rows.append({"file": str(path), "seconds": time.perf_counter() - started, "duration_s": audio.duration_s,
+                     "embedding": [float(x) for x in vector]})
+    return {"load_s": load_s, "threshold": verifier.threshold, "rows": rows}
+
+
+def worker(files: Sequence[Path], fp32_count: int, optional: Sequence[str] = ()) -> Dict[str, object]:
+    import numpy
+    import onnxruntime
+
+    result: Dict[str, object] = {
+        "cpu": cpu_flags(),
+        "python": platform.python_version(),
+        "versions": {"onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
+        "imports": import_everything(optional),
+    }
+    import scipy
+
+    result["versions"]["scipy"] = scipy.__version__
+    result["int8"] = embed_files("int8", files)
+    result["fp32"] = embed_files("fp32", files[:fp32_count])
+    return result
+
+
+# --------------------------------------------------------------------------------------------- driver
+@dataclass
+class Platform:
+    label: str
+    python: List[str]  # argv prefix that runs a Python on this platform
+    result: Optional[Dict[str, object]] = None
+    cli: List[Dict[str, object]] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def run_cli(plat: Platform, first: Path, second: Path, timeout: float) -> Dict[str, object]:
+    env = dict(os.environ, EXTRA_PYTHONPATH=str(REPO), PYTHONPATH=str(REPO))
+    cmd = plat.python + ["-m", "edgeverify", "verify", str(first), str(second), "--json"]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[-5:])} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["wall_s"] = seconds
+    return out
+
+
+def run_arm(plat: Platform, files: Sequence[Path], fp32_count: int, pairs: Sequence[Tuple[int, int]], timeout: float) -> None:
+    """Worker (imports + embeddings), then the CLI on each pair, all under the emulated CPU."""
+    started = time.perf_counter()
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+            out_path = Path(handle.name)
+        env = dict(os.environ, EXTRA_PYTHONPATH=str(REPO))
+        cmd = plat.python + [str(Path(__file__).resolve()), "worker", "--out", str(out_path), "--fp32", str(fp32_count),
+                             *map(str, files)]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            plat.errors.append(f"worker exited {proc.returncode}: {proc.stderr.strip()[-1500:]}")
+            return
+        plat.result = json.loads(out_path.read_text())
+        out_path.unlink()
+        for i, j in pairs:
+            plat.cli.append(run_cli(plat, files[i], files[j], timeout))
+    except Exception as exc:  # timeouts and crashes are failures of this platform, reported in the table
+        plat.errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        plat.wall_s = time.perf_counter() - started
+
+
+def cos(a: Sequence[float], b: Sequence[float]) -> float:
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+
+def max_abs(a: Sequence[float], b: Sequence[float]) -> float:
+    import numpy as np
+
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def report(x86: Platform, arms: List[Platform], files: Sequence[Path], pairs: Sequence[Tuple[int, int]]) -> List[str]:
+    """Print the tables; return the list of failed checks."""
+    failures: List[str] = []
+    for plat in arms:
+        failures += [f"{plat.label}: {e}" for e in plat.errors]
+    ok = [p for p in arms if p.result is not None]
+
+    print("\n== platforms")
+    for plat in [x86, *arms]:
+        if plat.result is None:
+            print(f"  {plat.label:5} NO RESULT")
+            continue
+        r = plat.result
+        imports = r["imports"]
+        print(f"  {plat.label:5} cpu={r['cpu']} python={r['python']} {r['versions']} "
+              f"imports={len(imports['modules'])} ok, {len(imports['failures'])} failed"
+              + (f" (optional, absent: {', '.join(imports['absent_optional'])})" if imports.get("absent_optional") else "")
+              + f"; wall {plat.wall_s:.0f} s")
+        for name, why in imports["failures"].items():
+            failures.append(f"{plat.label}: import {name} failed")
+            print(f"        import {name} FAILED: {why.strip().splitlines()[-1]}")
+    for plat in ok:
+        cpu = plat.result["cpu"]
+        want = plat.label == "A76"
+        if cpu.get("dotprod") is not want:
+            failures.append(f"{plat.label}: emulated CPU has dotprod={cpu.get('dotprod')}, expected {want}")
+
+    base = x86.result["int8"]
+    threshold = float(base["threshold"])
+    print(f"\n== int8 embeddings, models/ecapa-int8.onnx (threshold {threshold}); cosine to x86, per-clip seconds")
+    head = f"  {'file':32} {'dur_s':>5}" + "".join(f" {'cos ' + p.label:>10}" for p in ok)
+    head += "".join(f" {'maxdiff ' + p.label:>12}" for p in ok)
+    head += (f" {'cos A72~A76':>11}" if len(ok) == 2 else "") + f" {'x86 s':>6}" + "".join(f" {p.label + ' s':>7}" for p in ok)
+    print(head)
+    for k, row in enumerate(base["rows"]):
+        name = "/".join(Path(row["file"]).parts[-2:])
+        line = f"  {name:32} {row['duration_s']:5.2f}"
+        cells = []
+        for plat in ok:
+            other = plat.result["int8"]["rows"][k]
+            c = cos(row["embedding"], other["embedding"])
+            cells.append(c)
+            if c < MIN_COSINE:
+                failures.append(f"{plat.label}: int8 {name} cosine {c:.6f} < {MIN_COSINE}")
+        line += "".join(f" {c:10.7f}" for c in cells)
+        line += "".join(f" {max_abs(row['embedding'], p.result['int8']['rows'][k]['embedding']):12.2e}" for p in ok)
+        if len(ok) == 2:
+            line += f" {cos(ok[0].result['int8']['rows'][k]['embedding'], ok[1].result['int8']['rows'][k]['embedding']):11.7f}"
+        line += f" {row['seconds']:6.3f}" + "".join(f" {p.result['int8']['rows'][k]['seconds']:7.1f}" for p in ok)
+        print(line)
+    print("  model load s: x86 %.2f" % base["load_s"] + "".join(f", {p.label} {p.result['int8']['load_s']:.1f}" for p in ok))
+
+    print(f"\n== decisions on all {len(files) * (len(files) - 1) // 2} pairs at threshold {threshold}")
+    for plat in ok:
+        agree, worst, margin = 0, 0.0, float("inf")
+        total = 0
+        for i, j in itertools.combinations(range(len(files)), 2):
+            total += 1
+            s_x = cos(base["rows"][i]["embedding"], base["rows"][j]["embedding"])
+            s_a = cos(plat.result["int8"]["rows"][i]["embedding"], plat.result["int8"]["rows"][j]["embedding"])
+            worst = max(worst, abs(s_x - s_a))
+            margin = min(margin, abs(s_x - threshold))
+            if (s_x >= threshold) == (s_a >= threshold):
+                agree += 1
+            else:
+                failures.append(f"{plat.label}: decision differs on pair {i},{j} (x86 {s_x:.5f}, arm {s_a:.5f})")
+        print(f"  {plat.label}: {agree}/{total} decisions agree; max |score diff| {worst:.2e}; "
+              f"closest x86 score to the threshold: {margin:.4f} away")
+
+    print("\n== fp32 embeddings, models/ecapa-fp32.onnx: cosine to x86")
+    for k, row in enumerate(x86.result["fp32"]["rows"]):
+        name = "/".join(Path(row["file"]).parts[-2:])
+        cells = []
+        for plat in ok:
+            c = cos(row["embedding"], plat.result["fp32"]["rows"][k]["embedding"])
+            other = plat.result["fp32"]["rows"][k]
+            cells.append(f"{plat.label} {c:.7f} maxdiff {max_abs(row['embedding'], other['embedding']):.1e} ({other['seconds']:.1f} s)")
+            if c < MIN_COSINE:
+                failures.append(f"{plat.label}: fp32 {name} cosine {c:.6f} < {MIN_COSINE}")
+        print(f"  {name:32} " + "  ".join(cells))
+    # int8 vs fp32 on the same platform: how far quantisation moves the embedding (context for the above)
+    for plat in [x86, *ok]:
+        q = [cos(a["embedding"], b["embedding"]) for a, b in zip(plat.result["int8"]["rows"], plat.result["fp32"]["rows"])]
+        print(f"  int8 vs fp32 on {plat.label}: " + ", ".join(f"{c:.5f}" for c in q))
+
+    print("\n== CLI: python -m edgeverify verify A B --json")
+    for n, (i, j) in enumerate(pairs):
+        ref = x86.cli[n] if n < len(x86.cli) else None
+        pair = f"{Path(files[i]).stem} vs {Path(files[j]).stem}"
+        if ref is None:
+            failures.append(f"x86: CLI on {pair} gave no result")
+            continue
+        line = f"  {pair:44} x86 {ref['same_speaker']!s:5} {ref['score']:.6f}"
+        for plat in ok:
+            if n >= len(plat.cli):
+                line += f" | {plat.label} NO RESULT"
+                failures.append(f"{plat.label}: CLI on {pair} gave no result")
+                continue
+            got = plat.cli[n]
+            diff = abs(got["score"] - ref["score"])
+            line += f" | {plat.label} {got['same_speaker']!s:5} {got['score']:.6f} (diff {diff:.1e}, {got['wall_s']:.0f} s)"
+            if got["same_speaker"] != ref["same_speaker"] or diff > SCORE_TOLERANCE:
+                failures.append(f"{plat.label}: CLI on {pair}: {got['same_speaker']} {got['score']} vs x86 "
+                                f"{ref['same_speaker']} {ref['score']}")
+        print(line)
+    return failures
+
+
+def driver(args: argparse.Namespace) -> int:
+    dev = speech_dir() / "dev"
+    files = [dev / name for name in SAMPLE]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        print(f"arm check SKIPPED: dev-set clips missing (EDGEVERIFY_SPEECH_DIR={speech_dir()}): {missing[:3]}")
+        return 0
+    arms = []
+    for spec in args.arm:
+        label, _, wrapper = spec.partition("=")
+        arms.append(Platform(label, [wrapper]))
+    x86 = Platform("x86", [sys.executable])
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run_arm, args=(p, files, args.fp32, CLI_PAIRS, args.timeout)) for p in arms]
+    if args.jobs > 1:
+        for t in threads:
+            t.start()
+    x86_started = time.perf_counter()
+    try:
+        x86.result = worker(files, args.fp32, OPTIONAL_ON_X86)
+        x86.cli = [run_cli(x86, files[i], files[j], args.timeout) for i, j in CLI_PAIRS]
+    except Exception:  # still wait for the arm threads, then fail: x86 is the reference
+        x86.errors.append(traceback.format_exc())
+    x86.wall_s = time.perf_counter() - x86_started
+    for t in threads:
+        if args.jobs <= 1:
+            t.start()
+            t.join()
+        else:
+            t.join()
+    if x86.errors:
+        print("arm check FAILED: the x86 reference run failed:\n" + x86.errors[0])
+        return 1
+    failures = report(x86, arms, files, CLI_PAIRS)
+    print(f"\narm check: {len(files)} clips, {len(arms)} emulated CPUs, {time.perf_counter() - started:.0f} s wall")
+    if failures:
+        print(f"arm check FAILED ({len(failures)}):")
+        for failure in failures:
+            print(f"  - {failure}")
+        return 1
+    print("arm check PASSED")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    drive = sub.add_parser("drive", help="run on x86: compare x86 with each emulated arm CPU")
+    drive.add_argument("--arm", action="append", default=[], help="LABEL=WRAPPER, e.g. A72=.cache/arm-python/python-cortex-a72")
+    drive.add_argument("--fp32", type=int, default=FP32_SAMPLE, help="how many clips also go through the fp32 model")
+    drive.add_argument("--jobs", type=int, default=2, help="emulated CPUs run at the same time (1 = one after the other)")
+    drive.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each arm process")
+    work = sub.add_parser("worker", help="run under an arm Python: imports and embeddings, written as JSON")
+    work.add_argument("--out", required=True, help="JSON file to write")
+    work.add_argument("--fp32", type=int, default=FP32_SAMPLE, help="how many of the files also go through fp32")
+    work.add_argument("files", nargs="+", help="clips to embed")
+    args = parser.parse_args(argv)
+    if args.mode == "worker":
+        result = worker([Path(f) for f in args.files], args.fp32)
+        Path(args.out).write_text(json.dumps(result))
+        return 0
+    if not args.arm:
+        parser.error("give at least one --arm LABEL=WRAPPER")
+    return driver(args)
+
+
+if __name__ == "__main__":
+    if str(REPO) not in sys.path:  # the checkout's package, on x86 and under the arm wrappers alike
+        sys.path.insert(0, str(REPO))
+    sys.exit(main())
