@@ -163,7 +163,7 @@ def build_models(
     int8_meta = {
         **base_meta,
         "variant": "int8",
-        "quantization": "QDQ static; uint8 activations (MinMax), int8 per-channel 7-bit weights; Conv only",
+        "quantization": "QDQ static; uint8 activations (99.999th percentile ranges), int8 per-channel 7-bit weights; Conv only",
         "default_threshold": manifest["default_threshold"]["int8"],
     }
     _stamp_metadata(tmp_int8, int8_meta)

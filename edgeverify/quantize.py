@@ -1,7 +1,8 @@
 """Static int8 quantisation (QDQ) of the fp32 ECAPA-TDNN graph with onnxruntime's quantiser.
 
-Scheme (chosen by measurement, see README "Model"): uint8 activations, int8 per-channel weights with
-``reduce_range`` (7-bit weights), MinMax calibration. The 7-bit weights keep every u8 x s8 pair sum inside
+Scheme (chosen by measurement, see README "Model"): uint8 activations with ranges at the 99.999th
+percentile of calibration activations (mean cosine to fp32 0.9972, against 0.9946 for MinMax ranges),
+int8 per-channel weights with ``reduce_range`` (7-bit weights). The 7-bit weights keep every u8 x s8 pair sum inside
 int16, so the result is the same on CPUs whose int8 kernels saturate (x86 AVX2 without VNNI: vpmaddubsw) and
 on those that do not (VNNI, ARM dot product, ARM without dot product).
 
@@ -31,9 +32,13 @@ QUANTIZED_OPS = ["Conv"]
 FLOAT_NODES = [ATTENTION_LOCAL_CONV, "blocks.0.conv.conv"]
 
 
-def iter_calibration_features(files: Sequence[Path], max_seconds: float = 8.0) -> Iterator[np.ndarray]:
-    """(1, frames, 80) features of each readable file, cropped so calibration stays quick."""
-    from .audio import TARGET_RATE, read_audio
+CALIBRATION_FRAMES = 301  # 3 s windows: the histogram calibrator needs equal shapes
+CALIBRATION_PERCENTILE = 99.999
+
+
+def iter_calibration_features(files: Sequence[Path], windows_per_file: int = 2) -> Iterator[np.ndarray]:
+    """(1, 301, 80) feature windows (3 s, the typical request) from each readable file."""
+    from .audio import read_audio
     from .errors import AudioError
     from .features import normalized_features
 
@@ -43,8 +48,9 @@ def iter_calibration_features(files: Sequence[Path], max_seconds: float = 8.0) -
         except AudioError as exc:
             log.warning("calibration: skipping %s: %s", path, exc.message)
             continue
-        samples = audio.samples[: int(max_seconds * TARGET_RATE)]
-        yield normalized_features(samples)[None]
+        feats = normalized_features(audio.samples)
+        for start in range(0, feats.shape[0] - CALIBRATION_FRAMES + 1, CALIBRATION_FRAMES)[:windows_per_file]:
+            yield feats[None, start : start + CALIBRATION_FRAMES]
 
 
 def pick_calibration_files(root: Path, limit: int = 48) -> List[Path]:
@@ -80,7 +86,7 @@ class _FeatureReader:
             self._progress(self._count)
         return {"features": feats.astype(np.float32)}
 
-    def rewind(self) -> None:  # part of the reader protocol; one pass is all MinMax needs
+    def rewind(self) -> None:  # part of the reader protocol; one pass is all the calibrator needs
         pass
 
 
@@ -111,8 +117,8 @@ def quantize_int8(
         reduce_range=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=CalibrationMethod.Percentile,
         op_types_to_quantize=QUANTIZED_OPS,
         nodes_to_exclude=list(float_nodes),
-        extra_options={"WeightSymmetric": True},
+        extra_options={"WeightSymmetric": True, "CalibPercentile": CALIBRATION_PERCENTILE},
     )

@@ -1,0 +1,100 @@
+"""The stable CLI (verify, eval, bench, model info) as a user runs it: real processes, real recordings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAME = ("vctk-p226/p226_003.wav", "vctk-p226/p226_008.wav")
+DIFFERENT = ("vctk-p226/p226_003.wav", "ls-1688/1688-142285-0008.wav")
+
+
+def edgeverify(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeverify", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _pair(speech_dir: Path, pair: tuple) -> list:
+    paths = [speech_dir / "dev" / p for p in pair]
+    for p in paths:
+        if not p.is_file():
+            pytest.skip(f"{p} missing")
+    return [str(p) for p in paths]
+
+
+def test_verify_same_and_different(speech_dir: Path, int8_model: Path) -> None:
+    same = edgeverify("verify", *_pair(speech_dir, SAME), "--json")
+    assert same.returncode == 0, same.stderr
+    out = json.loads(same.stdout)
+    for key in ("same_speaker", "score", "threshold", "first_file", "second_file", "analyzer_id", "analysis_id", "timestamp"):
+        assert key in out
+    assert out["same_speaker"] is True and out["score"] >= out["threshold"]
+    assert out["first_file"].endswith(SAME[0])
+
+    diff = edgeverify("verify", *_pair(speech_dir, DIFFERENT), "--json")
+    assert diff.returncode == 0, diff.stderr
+    out = json.loads(diff.stdout)
+    assert out["same_speaker"] is False and out["score"] < out["threshold"]
+
+    text = edgeverify("verify", *_pair(speech_dir, SAME), "--threshold", "0.99")
+    assert text.returncode == 0 and text.stdout.startswith("different speakers")
+
+
+def test_verify_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, speech_dir: Path, int8_model: Path, write_clip) -> None:
+    good = _pair(speech_dir, SAME)[0]
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk" * 10)
+    silence = write_clip(np.zeros(16000 * 3, np.float32), 16000, name="silence.wav")
+    short = write_clip(np.zeros(1600, np.float32), 8000, name="short.wav")
+    for bad, expected in ((str(garbage), "garbage.wav"), (str(tmp_path / "missing.wav"), "no such file"),
+                          (str(silence), "no speech"), (str(short), "silence")):
+        result = edgeverify("verify", good, bad)
+        assert result.returncode == 2, (bad, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("edgeverify: error:"), result.stderr
+        if expected != "silence":
+            assert expected in lines[0]
+
+
+def test_eval_json_on_a_small_trial_list(tmp_path: Path, speech_dir: Path, int8_model: Path) -> None:
+    lines = (speech_dir / "dev" / "trials.txt").read_text().splitlines()
+    picked = [l for l in lines if l.split()[1].startswith(("so762-0157/", "vctk-p226/"))][:30]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("\n".join(picked) + "\n")
+    result = edgeverify("eval", "--root", str(speech_dir / "dev"), "--trials", str(trials), "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["n_trials"] == len(picked) and out["n_target"] == sum(l.startswith("1") for l in picked)
+    assert 0.0 <= out["eer_percent"] <= 50.0 and 0.0 <= out["min_dcf"] <= 1.0 and -1.0 <= out["threshold"] <= 1.0
+
+
+def test_eval_rejects_bad_trial_file(tmp_path: Path, speech_dir: Path, int8_model: Path) -> None:
+    trials = tmp_path / "trials.txt"
+    trials.write_text("maybe a.wav\n")
+    result = edgeverify("eval", "--root", str(speech_dir / "dev"), "--trials", str(trials))
+    assert result.returncode == 2 and "expected '<0|1> <file> <file>'" in result.stderr
+
+
+def test_bench_json_rows(int8_model: Path) -> None:
+    result = edgeverify("bench", "--json", "--models", "int8", "--clips", "3", "--threads", "1", "--runs", "2", "--no-rss")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    (row,) = out["rows"]
+    assert row["model"] == "int8" and row["clip_s"] == 3 and row["threads"] == 1
+    assert row["median_ms"] > 0 and row["rtf"] == pytest.approx(row["median_ms"] / 3000, rel=0.01)
+    assert out["models"]["int8"]["file_mb"] < 25
+
+
+def test_model_info_metadata(int8_model: Path) -> None:
+    result = edgeverify("model", "info", "int8")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads(result.stdout)
+    assert meta["variant"] == "int8" and meta["sample_rate"] == "16000" and meta["embedding_dim"] == "192"
+    assert len(meta["source_sha256"]) == 64 and json.loads(meta["features"])["n_mels"] == 80
