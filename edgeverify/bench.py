@@ -74,7 +74,7 @@ def verify_peak_rss_mb(model: str) -> Optional[float]:
             path = Path(tmp) / f"clip{i}.wav"
             sf.write(path, _test_signal(3.0) * (1 + i), TARGET_RATE, subtype="PCM_16")
             clips.append(str(path))
-        cmd = [sys.executable, "-m", "edgeverify", "verify", *clips, "--model", model, "--no-vad", "--json"]
+        cmd = [sys.executable, "-m", "edgeverify", "verify", *clips, "--model", model, "--vad", "off", "--json"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:

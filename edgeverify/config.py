@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import ConfigError
+from .vad import VAD_MODES
 
 DEFAULT_CONFIG_PATH = "/etc/edgeverify/config.yaml"
 DEFAULT_STATE_DIR = "/var/lib/edgeverify"
@@ -100,6 +101,7 @@ class Config:
     model: str = "int8"  # int8 | fp32 | path to an .onnx file
     threads: int = 1
     threshold: Optional[float] = None  # None = the model's calibrated default
+    vad_mode: str = "check"  # check | trim | off (verifier.py says what each does)
     state_dir: str = DEFAULT_STATE_DIR
     log_level: str = "info"
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -274,6 +276,10 @@ def parse_config(data: Any, source: Optional[str] = None) -> Config:
         c.threads = _int("threads", d["threads"], 1, 64)
     if d.get("threshold") is not None:
         c.threshold = _num("threshold", d["threshold"], -1, 1)
+    if "vad_mode" in d:
+        if d["vad_mode"] not in VAD_MODES:
+            raise _fail("vad_mode", f"must be one of {', '.join(VAD_MODES)}", d["vad_mode"])
+        c.vad_mode = d["vad_mode"]
     if d.get("state_dir") is not None:
         c.state_dir = _str("state_dir", d["state_dir"])
     if "log_level" in d:

@@ -29,7 +29,7 @@ def _load_verifier(config: Config) -> Any:
     from .verifier import Verifier
 
     started = time.perf_counter()
-    verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold)
+    verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold, vad_mode=config.vad_mode)
     verifier.warm_up()
     log.info(
         "model %s ready in %.0f ms (threshold %.3f)", config.model, 1000 * (time.perf_counter() - started), verifier.threshold

@@ -31,7 +31,7 @@ class EvalResult:
     n_files: int
     n_refused_files: int
     model: str
-    vad: bool
+    vad: str
     refused: Dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -99,7 +99,7 @@ def evaluate(
         n_files=len(files),
         n_refused_files=len(refused),
         model=verifier.model_name,
-        vad=verifier.use_vad,
+        vad=verifier.vad_mode,
         refused=refused,
     )
     return result, scores, labels

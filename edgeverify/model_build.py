@@ -6,6 +6,7 @@ with the onnx package (ecapa_graph.py) and quantised with onnxruntime's tools (q
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +28,9 @@ from .model_store import MANIFEST_NAME, MODEL_FILES, REPO_MODELS, load_manifest
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "embedding_model.ckpt"
+BUILD_RECORD = "build.json"
+# Code whose change changes the built files: a checkout updated with `git pull` rebuilds its models.
+_BUILD_SOURCES = ("checkpoint.py", "ecapa_graph.py", "quantize.py", "model_build.py")
 
 
 def _say(message: str) -> None:
@@ -73,6 +77,34 @@ def _find_data_file(name: str, out_dir: Path) -> Optional[Path]:
     return None
 
 
+def build_fingerprint(out_dir: Path) -> str:
+    """Hash of everything a build depends on besides the (pinned) checkpoint: manifest (thresholds),
+    calibration ranges and the emitting/quantising code."""
+    digest = hashlib.sha256(json.dumps(load_manifest(), sort_keys=True).encode())
+    calibration = _find_data_file(load_manifest()["calibration"], out_dir)
+    digest.update(calibration.read_bytes() if calibration else b"no calibration")
+    package = Path(__file__).resolve().parent
+    for name in _BUILD_SOURCES:
+        digest.update((package / name).read_bytes())
+    return digest.hexdigest()
+
+
+def built_models_current(out_dir: Path) -> Optional[str]:
+    """None if out_dir holds both models from a build with today's fingerprint, else why not."""
+    paths = [Path(out_dir) / name for name in MODEL_FILES.values()]
+    if not all(p.is_file() for p in paths):
+        return "models missing"
+    try:
+        record = json.loads((Path(out_dir) / BUILD_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no readable {BUILD_RECORD} (built by an older edgeverify)"
+    if record.get("fingerprint") != build_fingerprint(out_dir):
+        return "manifest, calibration ranges or build code changed since the last build"
+    if any(record.get("bytes", {}).get(p.name) != p.stat().st_size for p in paths):
+        return "model files differ from the recorded build"
+    return None
+
+
 def _stamp_metadata(path: Path, metadata: Dict[str, str]) -> None:
     import onnx
 
@@ -108,9 +140,13 @@ def build_models(
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest()
     paths = {variant: out_dir / name for variant, name in MODEL_FILES.items()}
-    if not force and all(p.is_file() for p in paths.values()):
-        _say(f"models already built in {out_dir} (use --force to rebuild)")
+    stale = built_models_current(out_dir)
+    if not force and calibration_audio is None and stale is None:
+        _say(f"models in {out_dir} are up to date (use --force to rebuild)")
         return paths
+    if not force and stale != "models missing":
+        _say(f"rebuilding models in {out_dir}: {stale}")
+    (out_dir / BUILD_RECORD).unlink(missing_ok=True)
 
     _say("[1/4] checkpoint")
     ckpt = locate_checkpoint(checkpoint, out_dir / ".cache", manifest)
@@ -176,5 +212,13 @@ def build_models(
     manifest_copy = out_dir / MANIFEST_NAME
     if _find_data_file(MANIFEST_NAME, out_dir) != manifest_copy:
         shutil.copyfile(REPO_MODELS / MANIFEST_NAME, manifest_copy)
+    record = {
+        "fingerprint": build_fingerprint(out_dir),
+        "producer": f"edgeverify {__version__}",
+        "source_sha256": digest,
+        "bytes": {p.name: p.stat().st_size for p in paths.values()},
+        "sha256": {p.name: sha256_file(p) for p in paths.values()},
+    }
+    (out_dir / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     _say(f"done in {time.perf_counter() - started:.0f} s")
     return paths

@@ -39,8 +39,8 @@ def resolve_model(model: str) -> Path:
 
 @lru_cache(maxsize=1)
 def load_manifest() -> Dict:
-    """The committed models/manifest.json (shipped inside the package data for installs)."""
-    for directory in (REPO_MODELS, *SYSTEM_MODELS, Path(__file__).resolve().parent):
+    """models/manifest.json: from the first model folder holding one (install.sh copies it next to the models)."""
+    for directory in (*model_dirs(), Path(__file__).resolve().parent):
         path = directory / MANIFEST_NAME
         if path.is_file():
             with open(path, encoding="utf-8") as handle:

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 _EPS = 1e-12
+# How the verifier uses the VAD before embedding (see verifier.py): check (default), trim, off.
+VAD_MODES = ("check", "trim", "off")
 
 
 @dataclass(frozen=True)

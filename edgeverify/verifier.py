@@ -1,4 +1,4 @@
-"""The core: audio -> VAD-trimmed speech -> embedding -> cosine score -> decision. No I/O beyond the model."""
+"""The core: audio -> VAD speech check -> embedding -> cosine score -> decision. No I/O beyond the model."""
 
 from __future__ import annotations
 
@@ -14,11 +14,16 @@ from .audio import TARGET_RATE, Audio
 from .embedder import Embedder
 from .errors import NoSpeechError, TooShortError
 from .model_store import load_manifest, resolve_model
-from .vad import VadConfig
+from .vad import VAD_MODES, VadConfig, speech_segments
 
-# Trimming before embedding only removes what is clearly not speech: leading/trailing silence and pauses
-# longer than min_gap_ms, with generous padding; short pauses carry speaker information (and cutting them
-# measurably raised EER on the shared sets, see README "VAD").
+# What the VAD does before embedding:
+#   check  the clip must hold at least min_speech_s of speech (else NoSpeechError / TooShortError), and
+#          the model sees the whole clip: ECAPA's attentive pooling already down-weights silence, and
+#          cutting pauses out measurably raised EER on the shared sets (README "VAD"). Default.
+#   trim   as check, but only the speech segments (pauses > min_gap_ms removed) go to the model.
+#   off    no VAD at all: any clip of at least min_speech_s is embedded as it is.
+DEFAULT_VAD_MODE = "check"
+# Only removes what is clearly not speech: pauses longer than min_gap_ms, with generous padding.
 EMBEDDING_VAD = VadConfig(min_gap_ms=600.0, pad_ms=200.0)
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ class Verifier:
         self,
         embedder: Embedder,
         threshold: Optional[float] = None,
-        use_vad: bool = True,
+        vad_mode: str = DEFAULT_VAD_MODE,
         model_name: str = "int8",
         min_speech_s: float = MIN_SPEECH_S,
         max_embed_s: float = MAX_EMBED_S,
@@ -57,7 +62,9 @@ class Verifier:
         self.embedder = embedder
         self.vad_config = vad_config or EMBEDDING_VAD
         self.model_name = model_name
-        self.use_vad = use_vad
+        if vad_mode not in VAD_MODES:
+            raise ValueError(f"vad_mode must be one of {', '.join(VAD_MODES)}, got {vad_mode!r}")
+        self.vad_mode = vad_mode
         self.min_speech_s = min_speech_s
         self.max_embed_s = max_embed_s
         if threshold is None:
@@ -68,25 +75,32 @@ class Verifier:
 
     @classmethod
     def load(
-        cls, model: str = "int8", threads: int = 1, threshold: Optional[float] = None, use_vad: bool = True
+        cls,
+        model: str = "int8",
+        threads: int = 1,
+        threshold: Optional[float] = None,
+        vad_mode: str = DEFAULT_VAD_MODE,
     ) -> "Verifier":
         started = time.perf_counter()
         embedder = Embedder(resolve_model(model), threads=threads)
         log.info("loaded %s model %s in %.0f ms", model, embedder.path, 1000 * (time.perf_counter() - started))
-        return cls(embedder, threshold=threshold, use_vad=use_vad, model_name=model)
+        return cls(embedder, threshold=threshold, vad_mode=vad_mode, model_name=model)
 
     def speech(self, audio: Audio) -> np.ndarray:
-        """The samples the model will see: VAD-trimmed, checked for length, cropped."""
+        """The samples the model will see: checked for speech (per vad_mode), cropped to max_embed_s."""
         samples = audio.samples
-        if self.use_vad:
-            from .vad import trim_silence
-
-            samples = trim_silence(samples, TARGET_RATE, self.vad_config)
-            if samples.size == 0:
-                raise NoSpeechError(f"{audio.name}: no speech found (silence or noise only)")
         seconds = samples.size / TARGET_RATE
+        what = "audio"
+        if self.vad_mode != "off":
+            segments = speech_segments(samples, TARGET_RATE, self.vad_config)
+            if not segments:
+                raise NoSpeechError(f"{audio.name}: no speech found (silence or noise only)")
+            seconds, what = sum(end - start for start, end in segments) / TARGET_RATE, "speech"
+            if self.vad_mode == "trim" and seconds * TARGET_RATE < self.vad_config.keep_all_fraction * samples.size:
+                samples = np.concatenate([samples[start:end] for start, end in segments])
+            elif samples.size > self.max_embed_s * TARGET_RATE:
+                samples = samples[segments[0][0] :]  # a long clip is cropped from where speech starts
         if seconds < self.min_speech_s:
-            what = "speech" if self.use_vad else "audio"
             raise TooShortError(
                 f"{audio.name}: only {seconds:.2f} s of {what}; at least {self.min_speech_s:.1f} s is needed"
             )

@@ -46,6 +46,7 @@ def test_defaults() -> None:
         ({"threshold": True}, "threshold: must be a number"),
         ({"model": "int4"}, "model: must be int8, fp32 or a path to an .onnx file"),
         ({"threads": 0}, "threads: must be an integer 1-64"),
+        ({"vad_mode": "on"}, "vad_mode: must be one of check, trim, off, got 'on'"),
         ({"limits": {"queue_size": 0}}, "limits.queue_size: must be an integer 1-1000, got 0"),
         ({"limits": {"max_payload_bytes": 1.5}}, "limits.max_payload_bytes: must be an integer"),
         ({"microphone": {"sample_rate": 44100}}, "microphone.sample_rate: must be 16000 or 8000, got 44100"),

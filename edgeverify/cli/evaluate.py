@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
     from ..verifier import Verifier
 
-    verifier = Verifier.load(args.model, threads=args.threads, use_vad=not args.no_vad)
+    verifier = Verifier.load(args.model, threads=args.threads, vad_mode=args.vad)
     trials = args.trials or args.root / "trials.txt"
 
     def progress(done: int, total: int) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"EER {result.eer_percent:.3f} %  minDCF(0.01) {result.min_dcf:.4f}  threshold at EER {result.threshold:.4f}\n"
             f"{result.n_trials} trials ({result.n_target} target), {result.n_files} files, "
-            f"{result.n_refused_files} refused, model {result.model}, VAD {'on' if result.vad else 'off'}"
+            f"{result.n_refused_files} refused, model {result.model}, VAD {result.vad}"
         )
         for name, reason in sorted(result.refused.items()):
             print(f"  refused {name}: {reason}")

@@ -9,12 +9,20 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from ..vad import VAD_MODES
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every command that loads the model."""
     parser.add_argument("--model", default="int8", help="int8 (default), fp32, or a path to an .onnx model")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
-    parser.add_argument("--no-vad", action="store_true", help="embed the whole clip instead of VAD-trimmed speech")
+    parser.add_argument(
+        "--vad",
+        choices=VAD_MODES,
+        default="check",
+        help="check: refuse clips with < 1 s of speech, embed the whole clip (default); "
+        "trim: also cut long pauses out before embedding; off: no VAD",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..verifier import Verifier
 
     started = time.perf_counter()
-    verifier = Verifier.load(args.model, threads=args.threads, threshold=args.threshold, use_vad=not args.no_vad)
+    verifier = Verifier.load(args.model, threads=args.threads, threshold=args.threshold, vad_mode=args.vad)
     first, second = read_audio(args.first), read_audio(args.second)
     decision = verifier.verify(first, second)
     result = {

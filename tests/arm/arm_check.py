@@ -373,6 +373,21 @@ def driver(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_resolved(reports: Sequence[Path]) -> int:
+    """One line per pip --report: the aarch64 wheels pip chose for that Python (proof no x86-only tag slipped in)."""
+    for path in sorted(reports):
+        report = json.loads(Path(path).read_text())
+        python = Path(path).stem.rpartition("-")[2]  # resolve-3.11.json (pip reports the host's version)
+        wheels = sorted(item["download_info"]["url"].rsplit("/", 1)[-1] for item in report["install"])
+        bad = [w for w in wheels if not (w.endswith("-any.whl") or "aarch64" in w)]
+        names = " ".join("-".join(w.split("-")[:2]) for w in wheels)
+        print(f"  python {python} aarch64: {len(wheels)} wheels: {names}")
+        if bad:
+            print(f"  python {python}: NOT aarch64 wheels: {bad}")
+            return 1
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -385,7 +400,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work.add_argument("--out", required=True, help="JSON file to write")
     work.add_argument("--fp32", type=int, default=FP32_SAMPLE, help="how many of the files also go through fp32")
     work.add_argument("files", nargs="+", help="clips to embed")
+    resolved = sub.add_parser("resolved", help="summarise pip --report files of an aarch64 resolution")
+    resolved.add_argument("reports", nargs="+", type=Path, help="pip install --report JSON files")
     args = parser.parse_args(argv)
+    if args.mode == "resolved":
+        return print_resolved(args.reports)
     if args.mode == "worker":
         result = worker([Path(f) for f in args.files], args.fp32)
         Path(args.out).write_text(json.dumps(result))

@@ -53,6 +53,56 @@ else
     stamp "arm64 Python ready"
 fi
 
+# --- install: what `pip install /path/to/edgeverify[build]` resolves on an arm64 board -------------------
+# Our wheel plus its dependencies resolved from pyproject.toml's ranges (not the venv's pins), for aarch64
+# only (manylinux tags of glibc <= 2.36 = Debian 12 / Raspberry Pi OS bookworm): fails if any dependency
+# lacks an aarch64 wheel. Resolved for Python 3.10-3.13 (Jetson's Ubuntu 22.04 ... Debian 13); installed
+# for 3.11 into a folder that then runs under the emulated A72 without the checkout on its path.
+INST="$ARM_DIR/installed"
+rm -rf "$INST" && mkdir -p "$INST/wheel" "$INST/site" "$INST/models"
+AARCH64=(--only-binary=:all: --implementation cp --platform manylinux_2_36_aarch64 --platform manylinux_2_34_aarch64
+         --platform manylinux_2_31_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64
+         --platform manylinux_2_24_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 --platform any)
+"$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w "$INST/wheel" . > "$INST/pip.log" 2>&1 \
+    || { cat "$INST/pip.log" >&2; echo "run_arm_check.sh: building the edgeverify wheel failed" >&2; exit 1; }
+WHEEL=$(ls "$INST"/wheel/edgeverify-*.whl)
+for v in 3.10 3.12 3.13; do
+    "$PY" -m pip install -q --disable-pip-version-check --dry-run --ignore-installed --target "$INST/dry-$v" \
+        "${AARCH64[@]}" --python-version "$v" --report "$INST/resolve-$v.json" "$WHEEL[build]" >> "$INST/pip.log" 2>&1 \
+        || { tail -20 "$INST/pip.log" >&2; echo "run_arm_check.sh: no aarch64 wheels for Python $v" >&2; exit 1; }
+done
+"$PY" -m pip install -q --disable-pip-version-check --ignore-installed --target "$INST/site" \
+    "${AARCH64[@]}" --python-version 3.11 --report "$INST/resolve-3.11.json" "$WHEEL[build]" >> "$INST/pip.log" 2>&1 \
+    || { tail -20 "$INST/pip.log" >&2; echo "run_arm_check.sh: aarch64 install for Python 3.11 failed" >&2; exit 1; }
+"$PY" tests/arm/arm_check.py resolved "$INST"/resolve-*.json
+cp "$ARM_DIR/site/sitecustomize.py" "$INST/site/"
+sed "s#$ARM_DIR/site#$INST/site#" "$ARM_DIR/python-cortex-a72" > "$INST/python-cortex-a72"
+chmod +x "$INST/python-cortex-a72"
+stamp "installed $(basename "$WHEEL")[build] with its aarch64 wheels into $INST/site"
+
+# --- build on the board: the models a Pi builds itself (install.sh step 4) must be the x86 files ------------
+CKPT=models/.cache/embedding_model.ckpt
+[ -f "$CKPT" ] || { echo "run_arm_check.sh: $CKPT missing (./install.sh --dev downloads it)" >&2; exit 1; }
+cp models/manifest.json models/calibration.json "$INST/models/"
+if ! (cd "$INST" && export EDGEVERIFY_MODEL_DIR="$INST/models" \
+        && ./python-cortex-a72 -m edgeverify --version \
+        && ./python-cortex-a72 -c 'import edgeverify, sys; sys.exit(not edgeverify.__file__.startswith(sys.argv[1]))' "$INST/site" \
+        && ./python-cortex-a72 -m edgeverify model build --checkpoint "$REPO/$CKPT" --out "$INST/models") \
+        > "$INST/build.log" 2>&1; then
+    tail -20 "$INST/build.log" >&2
+    echo "run_arm_check.sh: the installed package failed under the emulated A72 (log: $INST/build.log)" >&2
+    exit 1
+fi
+grep -m1 "^edgeverify " "$INST/build.log" | sed 's/^/  installed and runs: /'
+for m in int8 fp32; do
+    x86=$(sha256sum "models/ecapa-$m.onnx" | cut -d' ' -f1)
+    arm=$(sha256sum "$INST/models/ecapa-$m.onnx" | cut -d' ' -f1)
+    printf '  ecapa-%s.onnx sha256: x86 build %s..., A72 build %s... %s\n' "$m" "${x86:0:16}" "${arm:0:16}" \
+        "$([ "$x86" = "$arm" ] && echo identical || echo DIFFERENT)"
+    [ "$x86" = "$arm" ] || { echo "run_arm_check.sh: ecapa-$m.onnx built under the A72 differs from x86's" >&2; exit 1; }
+done
+stamp "model build under the emulated A72 (installed package, not the checkout) is byte-identical to x86's"
+
 stamp "running tests/arm/arm_check.py (x86 vs emulated Cortex-A72 and Cortex-A76)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 set +e
