@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import ConfigError
-from .vad import VAD_MODES
+from .vad import DEFAULT_VAD_MODE, VAD_MODES
 
 DEFAULT_CONFIG_PATH = "/etc/edgeverify/config.yaml"
 DEFAULT_STATE_DIR = "/var/lib/edgeverify"
@@ -101,7 +101,7 @@ class Config:
     model: str = "int8"  # int8 | fp32 | path to an .onnx file
     threads: int = 1
     threshold: Optional[float] = None  # None = the model's calibrated default
-    vad_mode: str = "check"  # check | trim | off (verifier.py says what each does)
+    vad_mode: str = DEFAULT_VAD_MODE  # check | trim | off (verifier.py says what each does)
     state_dir: str = DEFAULT_STATE_DIR
     log_level: str = "info"
     mqtt: MqttConfig = field(default_factory=MqttConfig)

@@ -26,12 +26,16 @@ __all__ = [
     "frame_decisions",
     "speech_segments",
     "trim_silence",
+    "keep_segments",
+    "VAD_MODES",
+    "DEFAULT_VAD_MODE",
     "UtteranceCutter",
 ]
 
 _EPS = 1e-12
 # How the verifier uses the VAD before embedding (see verifier.py): check (default), trim, off.
 VAD_MODES = ("check", "trim", "off")
+DEFAULT_VAD_MODE = "check"
 
 
 @dataclass(frozen=True)
@@ -197,13 +201,16 @@ def speech_segments(
 def trim_silence(samples: np.ndarray, sample_rate: int = 16000, config: VadConfig = VadConfig()) -> np.ndarray:
     """Concatenated speech; the input unchanged if nearly all of it is speech; empty if none."""
     x = np.asarray(samples, dtype=np.float32)
-    segs = speech_segments(x, sample_rate, config)
-    if not segs:
+    return keep_segments(x, speech_segments(x, sample_rate, config), config)
+
+
+def keep_segments(samples: np.ndarray, segments: list[tuple[int, int]], config: VadConfig = VadConfig()) -> np.ndarray:
+    """The segments concatenated; the input unchanged if they cover >= keep_all_fraction; empty if none."""
+    if not segments:
         return np.zeros(0, dtype=np.float32)
-    kept = sum(e - s for s, e in segs)
-    if kept >= config.keep_all_fraction * x.shape[0]:
-        return x
-    return np.concatenate([x[s:e] for s, e in segs])
+    if sum(e - s for s, e in segments) >= config.keep_all_fraction * samples.shape[0]:
+        return samples
+    return np.concatenate([samples[s:e] for s, e in segments])
 
 
 class UtteranceCutter:

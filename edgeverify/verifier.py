@@ -14,7 +14,7 @@ from .audio import TARGET_RATE, Audio
 from .embedder import Embedder
 from .errors import NoSpeechError, TooShortError
 from .model_store import load_manifest, resolve_model
-from .vad import VAD_MODES, VadConfig, speech_segments
+from .vad import DEFAULT_VAD_MODE, VAD_MODES, VadConfig, keep_segments, speech_segments
 
 # What the VAD does before embedding:
 #   check  the clip must hold at least min_speech_s of speech (else NoSpeechError / TooShortError), and
@@ -22,7 +22,6 @@ from .vad import VAD_MODES, VadConfig, speech_segments
 #          cutting pauses out measurably raised EER on the shared sets (README "VAD"). Default.
 #   trim   as check, but only the speech segments (pauses > min_gap_ms removed) go to the model.
 #   off    no VAD at all: any clip of at least min_speech_s is embedded as it is.
-DEFAULT_VAD_MODE = "check"
 # Only removes what is clearly not speech: pauses longer than min_gap_ms, with generous padding.
 EMBEDDING_VAD = VadConfig(min_gap_ms=600.0, pad_ms=200.0)
 
@@ -96,8 +95,8 @@ class Verifier:
             if not segments:
                 raise NoSpeechError(f"{audio.name}: no speech found (silence or noise only)")
             seconds, what = sum(end - start for start, end in segments) / TARGET_RATE, "speech"
-            if self.vad_mode == "trim" and seconds * TARGET_RATE < self.vad_config.keep_all_fraction * samples.size:
-                samples = np.concatenate([samples[start:end] for start, end in segments])
+            if self.vad_mode == "trim":
+                samples = keep_segments(samples, segments, self.vad_config)
             elif samples.size > self.max_embed_s * TARGET_RATE:
                 samples = samples[segments[0][0] :]  # a long clip is cropped from where speech starts
         if seconds < self.min_speech_s:

@@ -9,7 +9,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from ..vad import VAD_MODES
+from ..vad import DEFAULT_VAD_MODE, VAD_MODES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vad",
         choices=VAD_MODES,
-        default="check",
+        default=DEFAULT_VAD_MODE,
         help="check: refuse clips with < 1 s of speech, embed the whole clip (default); "
         "trim: also cut long pauses out before embedding; off: no VAD",
     )
