@@ -1,7 +1,9 @@
 """Write a minimal Home Assistant Core config dir whose MQTT integration points at a given broker.
 
 The MQTT config entry is written straight into .storage/core.config_entries (the storage format of HA
-2024.x-2025.x: version 1, minor 5), so no UI/config flow or onboarding is needed. Used by run_ha_check.sh.
+2024.x-2025.x: version 1, minor 5), so no UI/config flow, onboarding or token is needed; mqtt_statestream
+makes HA publish every entity state and attribute it shows to `hastate/<domain>/<object_id>/...`, which is
+how ha_check.py sees what HA shows. Used by run_ha_check.sh.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ http:
   server_host: 127.0.0.1
   server_port: {http_port}
 api:
+mqtt_statestream:  # HA re-publishes what it shows (entity states + attributes): the check reads it over MQTT
+  base_topic: hastate
+  publish_attributes: true
 logger:
   default: warning
   logs:
