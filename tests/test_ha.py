@@ -249,3 +249,59 @@ def test_enroll_from_ha_with_the_microphone(tmp_path: Path, broker: Broker, int8
             assert "admin enroll erin from 2 microphone utterance(s)" in d.log_path.read_text()
         finally:
             assert d.stop() == 0, d.log_path.read_text()
+
+
+def _client(port: int, user: str) -> Hub:
+    """A Hub logged in as `user` (password = user name)."""
+    import paho.mqtt.client as mqtt
+
+    h = Hub.__new__(Hub)
+    h.v5 = True
+    h.messages = __import__("queue").Queue()
+    h.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    h.client.username_pw_set(user, user)
+    h.client.on_message = lambda c, u, m: h.messages.put(m)
+    h.client.connect("127.0.0.1", port, keepalive=10)
+    h.client.loop_start()
+    return h
+
+
+def test_readme_acl_limits_admin(tmp_path: Path, int8_model: Path, ha_state: Path, clips: dict[str, list[Path]]) -> None:
+    """The README's mosquitto ACL, verbatim: only Home Assistant's user may send admin requests."""
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    acl = readme.split("```\n# /etc/mosquitto/acl\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "acl").write_text(acl)
+    pw = tmp_path / "passwd"
+    for user in ("edgeverify-kitchen-pi", "homeassistant", "alice-phone"):
+        subprocess.run(["mosquitto_passwd", "-b", *([] if pw.exists() else ["-c"]), str(pw), user, user],
+                       check=True, capture_output=True)
+    b = Broker()
+    conf = b.dir / "mosquitto.conf"
+    conf.write_text(conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+                    + f"password_file {pw}\nacl_file {tmp_path / 'acl'}\n"
+                    + ("user root\n" if os.geteuid() == 0 else ""))  # root: read both from a 0700 tmp dir
+    with b:
+        d = DaemonProcess(tmp_path, b.port, int8_model, ha_state, "kitchen-pi", extra={"admin": {"enabled": True}},
+                          topic_prefix="edgeverify", username="edgeverify-kitchen-pi", password="edgeverify-kitchen-pi")
+        phone, ha = _client(b.port, "alice-phone"), _client(b.port, "homeassistant")
+        try:
+            for h, user in ((phone, "alice-phone"), (ha, "homeassistant")):
+                h.subscribe(f"replies/{user}/#")
+            admin = b'{"type": "list", "request_id": "acl"}'
+            phone.publish("edgeverify/kitchen-pi/admin/request", admin, response_topic="replies/alice-phone/a", correlation=b"1")
+            ha.publish("edgeverify/kitchen-pi/admin/request", admin, response_topic="replies/homeassistant/a", correlation=b"2")
+            r = json.loads(ha.wait(lambda m: m.topic == "replies/homeassistant/a", 10).payload)
+            assert r["ok"] and [p["name"] for p in r["profiles"]] == ["alice", "bob"], r
+            phone.publish("edgeverify/kitchen-pi/request", encode_request("identify", _b(clips["vctk-p225"][5])),
+                          response_topic="replies/alice-phone/i", correlation=b"3")
+            r = json.loads(phone.wait(lambda m: m.topic == "replies/alice-phone/i", 10).payload)
+            assert r["ok"] and r["speaker"] == "alice", r
+            with pytest.raises(TimeoutError):  # the broker dropped the ordinary user's admin request
+                phone.wait(lambda m: m.topic == "replies/alice-phone/a", 1.0)
+            assert d.log_path.read_text().count("admin list") == 1  # only Home Assistant's arrived
+        finally:
+            phone.close()
+            ha.close()
+            assert d.stop() == 0
