@@ -6,9 +6,14 @@
 3. `python -m edgeverify run` starts (real int8 model, alice/bob enrolled from real recordings) and
    migrates to device-based discovery.
 4. Identify/verify requests; each must fire HA's event entity with the right event_type.
-5. Asserts: one edgeverify device in HA's device registry, its entities (event included) attached to
+5. With the virtual microphone (tests/virtual_mic.py; skipped when unavailable): an HA automation plays the
+   user -- sets the "Enroll name" text and "Enroll utterances" number and presses the button; erin speaks
+   two sentences into the microphone; HA shows "Enrollment" = enrolled, and her next sentence fires the
+   event entity (identified, erin, source microphone).
+6. HA is restarted: on its birth message the device re-announces; HA shows the last speaker again.
+7. Asserts: one edgeverify device in HA's device registry, its entities (event included) attached to
    it, 0.1's entity ids kept, "Last speaker" shows alice / the no-match value, and no WARNING/ERROR from
-   homeassistant.components.mqtt in HA's log.
+   homeassistant.components.mqtt in HA's log (both runs).
 Exit code 0 = all good; prints what it saw.
 """
 
@@ -112,6 +117,51 @@ def enroll_profiles(state_dir: Path) -> None:
         store.enroll(name, [verifier.embed(read_audio(p)) for p in sorted((SPEECH / spk).glob("*.wav"))[:3]])
 
 
+def start_ha(hass: str, work: Path, name: str) -> tuple[subprocess.Popen, Any]:
+    out = open(work / f"{name}.out", "wb")
+    return subprocess.Popen([hass, "-m", "homeassistant", "-c", str(work / "ha")], stdout=out, stderr=subprocess.STDOUT), out
+
+
+def stop_ha(ha: subprocess.Popen, out: Any) -> None:
+    ha.send_signal(signal.SIGTERM)
+    try:
+        ha.wait(60)
+    except subprocess.TimeoutExpired:
+        ha.kill()
+    out.close()
+
+
+def mqtt_complaints(work: Path) -> list[str]:
+    logs = [work / "ha" / "home-assistant.log", work / "ha" / "home-assistant.log.1"]
+    return [line for f in logs if f.exists() for line in f.read_text().splitlines()
+            if (" WARNING " in line or " ERROR " in line) and "homeassistant.components.mqtt" in line]
+
+
+def enroll_through_ha(shown: Shown, hub: Hub, vm: Any, base: str) -> None:
+    """Step 5: the HA automation sets name + count and presses the button; erin speaks into the microphone."""
+    enrollment = f"sensor.edgeverify_{DEV}_enrollment"
+    wait_for("HA to show the enroll entities", lambda: shown.of("button") and shown.of("text") and enrollment in shown.entities, 30)
+    log(f"enroll entities: {shown.of('text') + shown.of('number') + shown.of('button') + [enrollment]}")
+    hub.client.publish("hacheck/enroll", b"erin", qos=1).wait_for_publish(3)
+    wait_for("HA's enroll button to start a recording", lambda: shown.entities[enrollment].get("state") == "recording", 20)
+    log(f"HA pressed the button; {enrollment} = recording")
+    erin = sorted((SPEECH / "ls-533").glob("*.wav"))
+    for p in erin[:2]:
+        vm.play(p)
+        time.sleep(0.8)
+    state = wait_for("HA to show the enrollment result",
+                     lambda: shown.entities[enrollment].get("state") in ("enrolled", "failed") and shown.entities[enrollment], 40)
+    assert state["state"] == "enrolled", state
+    log(f"{enrollment} = enrolled ({state.get('message')})")
+    event = shown.of("event")[0]
+    time.sleep(1.0)
+    vm.play(erin[4])
+    seen = wait_for("the event entity to fire for erin's next sentence",
+                    lambda: shown.entities[event].get("source") == "microphone" and shown.entities[event], 20)
+    assert seen["event_type"] == "identified" and seen["speaker"] == "erin", seen
+    log(f"event entity fired: {seen['event_type']} {seen['speaker']} (source {seen['source']})")
+
+
 def main() -> int:
     hass = os.environ.get("HA_PYTHON") or sys.exit("set HA_PYTHON to the python of a venv with homeassistant (run_ha_check.sh does)")
     work = Path(tempfile.mkdtemp(prefix="edgeverify-ha-"))
@@ -121,10 +171,8 @@ def main() -> int:
         write_config(work / "ha", broker.port, http_port)
         shown = Shown(broker.port)
         publish_legacy(broker.port)
-        ha_log = open(work / "hass.out", "wb")
-        ha = subprocess.Popen([hass, "-m", "homeassistant", "-c", str(work / "ha")],
-                              stdout=ha_log, stderr=subprocess.STDOUT)
-        daemon = None
+        ha, ha_log = start_ha(hass, work, "hass1")
+        daemon, vm = None, None
         try:
             version = subprocess.run([hass, "-c", "import homeassistant.const as c; print(c.__version__)"],
                                      capture_output=True, text=True).stdout.strip()
@@ -134,7 +182,17 @@ def main() -> int:
             state_dir = work / "state"
             enroll_profiles(state_dir)
             model = str(REPO / "models" / "ecapa-int8.onnx")
-            daemon = DaemonProcess(work, broker.port, Path(model), state_dir, DEV)
+            import virtual_mic
+
+            reason = virtual_mic.available()
+            extra: dict[str, Any] = {"admin": {"enabled": True}}
+            if reason:
+                log(f"virtual microphone unavailable ({reason}): enrollment through HA is not checked")
+            else:
+                vm = virtual_mic.VirtualMic(16000).start()
+                extra["microphone"] = {"enabled": True, "device": "pulse", "mode": "identify", "max_utterance_s": 8.0}
+            daemon = DaemonProcess(work, broker.port, Path(model), state_dir, DEV, extra=extra,
+                                   env_extra=vm.env if vm is not None else None)
             wait_for("HA to show the event entity", lambda: shown.of("event"), 60)
             event = shown.of("event")[0]
             log(f"event entity {event}: {shown.entities[event]}")
@@ -164,16 +222,27 @@ def main() -> int:
             assert any(e == speaker and k == "state" and v == NO_MATCH for e, k, v in shown.history)
             match = f"binary_sensor.edgeverify_{DEV}_match"
             log(f"{match} = {shown.entities.get(match, {}).get('state')!r}")
+            if vm is not None:
+                enroll_through_ha(shown, hub, vm, base)
             hub.close()
+            stop_ha(ha, ha_log)
+            first_run = mqtt_complaints(work)
+            (work / "ha" / "home-assistant.log").rename(work / "ha" / "home-assistant.log.run1")
+            shown.entities.clear()
+            ha, ha_log = start_ha(hass, work, "hass2")
+            last = wait_for("HA (restarted) to show the last speaker again",
+                            lambda: shown.entities.get(speaker, {}).get("state") not in (None, "unavailable", "unknown")
+                            and shown.entities[speaker]["state"], 300)
+            log(f"after an HA restart: {speaker} = {last!r}, event entity {shown.of('event')}")
+            wait_for("the device to re-announce on HA's birth message",
+                     lambda: "re-publishing discovery" in daemon.log_path.read_text(), 30)
+            log("device re-announced on HA's birth message")
         finally:
             if daemon is not None:
                 daemon.stop()
-            ha.send_signal(signal.SIGTERM)
-            try:
-                ha.wait(60)
-            except subprocess.TimeoutExpired:
-                ha.kill()
-            ha_log.close()
+            if vm is not None:
+                vm.stop()
+            stop_ha(ha, ha_log)
             shown.hub.close()
         # HA writes its registries on shutdown
         devices = json.loads((work / "ha" / ".storage" / "core.device_registry").read_text())["data"]["devices"]
@@ -185,8 +254,7 @@ def main() -> int:
         for kept in (f"sensor.edgeverify_{DEV}_speaker", f"sensor.edgeverify_{DEV}_score", f"binary_sensor.edgeverify_{DEV}_match"):
             assert kept in mine, kept
         assert any(e.startswith("event.") for e in mine)
-        bad = [line for line in (work / "ha" / "home-assistant.log").read_text().splitlines()
-               if (" WARNING " in line or " ERROR " in line) and "homeassistant.components.mqtt" in line]
+        bad = first_run + mqtt_complaints(work)
         for line in bad:
             log(f"HA: {line}")
         assert not bad, f"{len(bad)} warning(s)/error(s) from HA's mqtt integration"

@@ -29,6 +29,25 @@ api:
 mqtt_statestream:  # HA re-publishes what it shows (entity states + attributes): the check reads it over MQTT
   base_topic: hastate
   publish_attributes: true
+automation:  # "a user in HA's UI": set the enroll name and count, press the button (entity ids differ by HA version)
+  - alias: edgeverify enroll from the UI
+    triggers:
+      - trigger: mqtt
+        topic: hacheck/enroll
+    actions:
+      - action: text.set_value
+        target:
+          entity_id: "{{{{ integration_entities('mqtt') | select('match', 'text.edgeverify_.*_enroll_name') | list }}}}"
+        data:
+          value: "{{{{ trigger.payload }}}}"
+      - action: number.set_value
+        target:
+          entity_id: "{{{{ integration_entities('mqtt') | select('match', 'number.edgeverify_.*_enroll_utterances') | list }}}}"
+        data:
+          value: 2
+      - action: button.press
+        target:
+          entity_id: "{{{{ integration_entities('mqtt') | select('match', 'button.edgeverify_.*_enroll') | list }}}}"
 logger:
   default: warning
   logs:
