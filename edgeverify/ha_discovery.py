@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from . import __version__
+from .protocol import now_iso
 
 ORIGIN_NAME = "edgeverify"
 SUPPORT_URL = "https://github.com/edgeverify/edgeverify#home-assistant"
@@ -232,7 +233,7 @@ def _common(body: dict[str, Any], source: str) -> dict[str, Any]:
         "source": source,
         "type": body.get("type"),
         "request_id": body.get("request_id"),
-        "timestamp": body.get("timestamp"),
+        "timestamp": body.get("timestamp") or now_iso(),
     }
     if "llr" in body:
         out["llr"] = body["llr"]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DIAG_INTERVAL_S = 10.0  # diagnostics are retained state, not a stream: a request storm publishes one per 10 s
+BIRTH_MIN_INTERVAL_S = 2.0  # a flood of "online" on <prefix>/status re-announces at most this often
 DEFAULT_UTTERANCES = 3
 
 
@@ -54,6 +55,7 @@ class HomeAssistantLink:
         self._diag_sent: Optional[dict[str, Any]] = None
         self._diag_at = 0.0
         self._recording: Optional[threading.Thread] = None
+        self._announced_at = -BIRTH_MIN_INTERVAL_S
         self.enroll_state: dict[str, Any] = {"name": "", "utterances": DEFAULT_UTTERANCES, "status": "idle", "message": ""}
 
     @property
@@ -90,7 +92,9 @@ class HomeAssistantLink:
         self.publish_diagnostics(force=True)
 
     def _on_ha_status(self, client: Any, userdata: Any, msg: Any) -> None:
-        if bytes(msg.payload).strip().lower() == b"online":
+        now = time.monotonic()
+        if bytes(msg.payload[:16]).strip().lower() == b"online" and now - self._announced_at >= BIRTH_MIN_INTERVAL_S:
+            self._announced_at = now
             log.info("Home Assistant is online: re-publishing discovery and states")
             self.service._publish(self.topics.availability, b"online", retain=True)
             self.announce()
