@@ -16,6 +16,7 @@ other) and the retained "last decision of any kind" state of 0.1.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -110,9 +111,16 @@ class Topics:
 
 # -- discovery ---------------------------------------------------------------------------------------
 
-def _entity(t: Topics, platform: str, key: str, name: str, **options: Any) -> dict[str, Any]:
-    uid = f"{t.node_id}_{key}"  # key: the 0.1 object id for the migrated entities
-    return {"p": platform, "name": name, "unique_id": uid, "default_entity_id": f"{platform}.{uid}", **options}
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _entity(t: Topics, platform: str, key: str, name: str, legacy: bool = False, **options: Any) -> dict[str, Any]:
+    """default_entity_id is what HA < 2025.10 derives anyway (device name + entity name; for 0.1's entities
+    their object id), so an entity gets the same id on every HA version."""
+    uid = f"{t.node_id}_{key}"
+    eid = f"{platform}.{_slug(t.node_id)}_{_slug(key if legacy else name)}"
+    return {"p": platform, "name": name, "unique_id": uid, "default_entity_id": eid, **options}
 
 
 def device_discovery(t: Topics, model_name: str, admin_entities: bool) -> dict[str, Any]:
@@ -124,19 +132,19 @@ def device_discovery(t: Topics, model_name: str, admin_entities: bool) -> dict[s
         # from 0.1's object ids on purpose: with equal discovery ids, clearing the old topics after the
         # migration makes HA (2025.4) log "Received a conflicting MQTT discovery message" per entity
         "last_speaker": _entity(
-            t, "sensor", "speaker", "Last speaker", state_topic=t.kind_state("identify"),
+            t, "sensor", "speaker", "Last speaker", True, state_topic=t.kind_state("identify"),
             value_template="{{ value_json.speaker }}", json_attributes_topic=t.kind_state("identify"),
             icon="mdi:account-voice",
         ),
         "verify_match": _entity(
-            t, "binary_sensor", "match", "Speaker match", state_topic=t.kind_state("verify"),
+            t, "binary_sensor", "match", "Speaker match", True, state_topic=t.kind_state("verify"),
             value_template="{{ 'ON' if value_json.match else 'OFF' }}", json_attributes_topic=t.kind_state("verify"),
             device_class="occupancy",
         ),
         # no state_class on purpose: see README "Home Assistant" (scores of different speakers and kinds
         # averaged per hour mean nothing); numeric (display precision) so HA still graphs its history
         "last_score": _entity(
-            t, "sensor", "score", "Last score", state_topic=t.state, value_template="{{ value_json.score }}",
+            t, "sensor", "score", "Last score", True, state_topic=t.state, value_template="{{ value_json.score }}",
             json_attributes_topic=t.state, suggested_display_precision=3, icon="mdi:account-check",
         ),
         "event": _entity(

@@ -95,9 +95,11 @@ def test_device_based_discovery_and_migration(ha_daemon: DaemonProcess, broker: 
     cmps = doc["cmps"]
     for key, c in cmps.items():
         if len(c) > 1:  # platform-only entries are removals
-            assert c["unique_id"].startswith("edgeverify_ha1_") and c["default_entity_id"] == f"{c['p']}.{c['unique_id']}"
+            assert c["unique_id"].startswith("edgeverify_ha1_") and c["default_entity_id"].startswith(f"{c['p']}.edgeverify_ha1_")
     # 0.1's unique_ids survive, so HA keeps the entity ids
     assert {c.get("unique_id") for c in cmps.values()} >= {f"edgeverify_ha1_{k}" for k in ("match", "speaker", "score")}
+    assert cmps["last_speaker"]["default_entity_id"] == "sensor.edgeverify_ha1_speaker"
+    assert cmps["event"]["default_entity_id"] == "event.edgeverify_ha1_speaker"  # = what HA < 2025.10 derives
     assert cmps["event"]["p"] == "event" and cmps["event"]["event_types"] == list(EVENT_TYPES)
     assert cmps["event"]["state_topic"] == f"{ha_daemon.base}/event"
     assert "state_class" not in cmps["last_score"]

@@ -254,6 +254,10 @@ def main() -> int:
         for kept in (f"sensor.edgeverify_{DEV}_speaker", f"sensor.edgeverify_{DEV}_score", f"binary_sensor.edgeverify_{DEV}_match"):
             assert kept in mine, kept
         assert any(e.startswith("event.") for e in mine)
+        from edgeverify.ha_discovery import Topics, device_discovery
+
+        asked = sorted(c["default_entity_id"] for c in device_discovery(Topics("x", "homeassistant", DEV), "int8", True)["cmps"].values())
+        assert mine == asked, (mine, asked)  # HA < 2025.10 derives exactly the ids newer HA is asked for
         bad = first_run + mqtt_complaints(work)
         for line in bad:
             log(f"HA: {line}")
