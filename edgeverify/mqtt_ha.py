@@ -150,14 +150,16 @@ class HomeAssistantLink:
             limit = self.service.config.limits.max_payload_bytes
             meta = salvage_meta(b"" if len(msg.payload) > limit else msg.payload, _user_props(job.properties))
             reply_to = meta.get("reply_to") or t.admin_response
+            refusal: Optional[tuple[str, str]] = None
             try:
                 self.admin.check_enabled(f"{meta.get('type')} from requestor_id={meta.get('requestor_id')!r}")
-                if len(msg.payload) > limit:
-                    raise EdgeVerifyError(f"payload is {len(msg.payload)} bytes, over the {limit} byte limit")
             except EdgeVerifyError as exc:
-                code = exc.code if exc.code != "error" else TOO_LARGE
+                refusal = (exc.code, exc.message)
+            if refusal is None and len(msg.payload) > limit:
+                refusal = (TOO_LARGE, f"payload is {len(msg.payload)} bytes, over the {limit} byte limit")
+            if refusal is not None:
                 self.service.errors += 1
-                self.service._reply(job, error_response(meta, code, exc.message), reply_to)
+                self.service._reply(job, error_response(meta, *refusal), reply_to)
                 return
             self._submit(job, lambda: self._run_admin(job, meta), meta, reply_to)
             return

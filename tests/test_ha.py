@@ -186,7 +186,7 @@ def test_admin_enroll_list_forget(ha_daemon: DaemonProcess, hub: Hub, clips: dic
     assert r["ok"] and r["request_id"] == "a9"
     hub.subscribe(f"{base}/diagnostics")
     diag = json.loads(hub.wait(lambda m: m.topic == f"{base}/diagnostics", 5).payload)
-    assert diag["profiles"] == 2 and diag["requests"] >= 8 and diag["errors"] >= 2 and diag["last_latency_ms"] > 0, diag
+    assert diag["profiles"] == 2 and diag["requests"] >= 6 and diag["errors"] >= 2 and diag["last_latency_ms"] > 0, diag
     log = ha_daemon.log_path.read_text()
     assert "admin enroll carol from 3 clip(s)" in log and "admin forget carol" in log
 
