@@ -131,10 +131,11 @@ def stop_ha(ha: subprocess.Popen, out: Any) -> None:
     out.close()
 
 
-def mqtt_complaints(work: Path) -> list[str]:
-    logs = [work / "ha" / "home-assistant.log", work / "ha" / "home-assistant.log.1"]
-    return [line for f in logs if f.exists() for line in f.read_text().splitlines()
-            if (" WARNING " in line or " ERROR " in line) and "homeassistant.components.mqtt" in line]
+def mqtt_complaints(work: Path, skip_lines: int = 0) -> list[str]:
+    """WARNING/ERROR lines of HA's mqtt integration in the current log, from line skip_lines on."""
+    f = work / "ha" / "home-assistant.log"
+    lines = f.read_text().splitlines()[skip_lines:] if f.exists() else []
+    return [line for line in lines if (" WARNING " in line or " ERROR " in line) and "homeassistant.components.mqtt" in line]
 
 
 def enroll_through_ha(shown: Shown, hub: Hub, vm: Any, base: str) -> None:
@@ -179,6 +180,11 @@ def main() -> int:
             log(f"Home Assistant Core {version} starting")
             wait_for("HA to show 0.1's entities", lambda: f"sensor.edgeverify_{DEV}_speaker" in shown.entities, 300)
             log(f"HA shows the 0.1 entities: {shown.of('sensor') + shown.of('binary_sensor')}")
+            # what 0.1's payloads cost (HA >= 2025.10: one object_id deprecation warning per entity)
+            before = mqtt_complaints(work)
+            log(f"0.1's per-entity discovery drew {len(before)} warning(s) from HA's mqtt integration"
+                + "".join(f"\n    {line[:220]}" for line in before[:3]))
+            daemon_from = len((work / "ha" / "home-assistant.log").read_text().splitlines())
             state_dir = work / "state"
             enroll_profiles(state_dir)
             model = str(REPO / "models" / "ecapa-int8.onnx")
@@ -226,7 +232,7 @@ def main() -> int:
                 enroll_through_ha(shown, hub, vm, base)
             hub.close()
             stop_ha(ha, ha_log)
-            first_run = mqtt_complaints(work)
+            first_run = mqtt_complaints(work, daemon_from)  # from the moment edgeverify runs
             (work / "ha" / "home-assistant.log").rename(work / "ha" / "home-assistant.log.run1")
             shown.entities.clear()
             ha, ha_log = start_ha(hass, work, "hass2")
