@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 
 from .config import Config
 from .errors import EdgeVerifyError
+from .mqtt_ha import HomeAssistantLink
 from .protocol import (
     BUSY,
     INTERNAL,
@@ -79,8 +80,6 @@ class MqttService:
         self.errors = 0
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=config.limits.queue_size)
         self._client: Optional[mqtt.Client] = None
-        from .mqtt_ha import HomeAssistantLink
-
         self.ha = HomeAssistantLink(self)  # HA discovery/states/events/diagnostics + admin requests
 
     # -- connection ------------------------------------------------------------------------------
