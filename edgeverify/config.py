@@ -96,6 +96,15 @@ class MicrophoneConfig:
 
 
 @dataclass
+class AdminConfig:
+    """Profile management over MQTT (<prefix>/<device>/admin/...) and Home Assistant's enroll entities."""
+
+    enabled: bool = False  # off: admin requests are refused with an error response, logged
+    max_clips: int = 10  # clips (or microphone utterances) per enroll request
+    utterance_timeout_s: float = 20.0  # microphone enrollment: wait at most this long for each utterance
+
+
+@dataclass
 class Config:
     device_id: str = field(default_factory=_default_device_id)
     model: str = "int8"  # int8 | fp32 | path to an .onnx file
@@ -107,6 +116,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     source: Optional[str] = field(default=None, metadata={"internal": True})  # file it was read from
 
     @property
@@ -262,6 +272,17 @@ def _microphone(d: dict[str, Any]) -> MicrophoneConfig:
     return c
 
 
+def _admin(d: dict[str, Any]) -> AdminConfig:
+    c = AdminConfig()
+    if "enabled" in d:
+        c.enabled = _bool("admin.enabled", d["enabled"])
+    if "max_clips" in d:
+        c.max_clips = _int("admin.max_clips", d["max_clips"], 1, 50)
+    if "utterance_timeout_s" in d:
+        c.utterance_timeout_s = _num("admin.utterance_timeout_s", d["utterance_timeout_s"], 1, 120)
+    return c
+
+
 def parse_config(data: Any, source: Optional[str] = None) -> Config:
     """Validate a parsed YAML document (a mapping or None) into a Config."""
     d = _section("", data, Config)
@@ -290,6 +311,7 @@ def parse_config(data: Any, source: Optional[str] = None) -> Config:
     c.mqtt = _mqtt(_section("mqtt", d.get("mqtt"), MqttConfig))
     c.limits = _limits(_section("limits", d.get("limits"), LimitsConfig))
     c.microphone = _microphone(_section("microphone", d.get("microphone"), MicrophoneConfig))
+    c.admin = _admin(_section("admin", d.get("admin"), AdminConfig))
     # systemd's StateDirectory= (a colon-separated list) wins: the unit decides where state lives.
     env_state = os.environ.get("STATE_DIRECTORY")
     if env_state:

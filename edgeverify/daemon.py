@@ -163,7 +163,7 @@ class Daemon:
                 notify.ready(f"reload failed: {exc.message}")
                 return
             self.handler.verifier = self.verifier
-        for section in ("mqtt", "device_id", "state_dir"):
+        for section in ("mqtt", "device_id", "state_dir", "admin"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("reload: %s changed; it takes effect after a restart", section)
                 setattr(new, section, getattr(old, section))

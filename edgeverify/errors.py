@@ -61,3 +61,9 @@ class MicrophoneError(EdgeVerifyError):
     """Capture device missing/unusable, or PortAudio not installed."""
 
     code = "microphone_error"
+
+
+class AdminDisabledError(RequestError):
+    """An admin request (enroll/forget/list over MQTT) while admin.enabled is false."""
+
+    code = "admin_disabled"

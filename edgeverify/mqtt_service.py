@@ -21,9 +21,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from . import __version__
 from .config import Config
 from .errors import EdgeVerifyError
+from .mqtt_ha import HomeAssistantLink
 from .protocol import (
     BUSY,
     INTERNAL,
@@ -31,7 +31,6 @@ from .protocol import (
     Request,
     Response,
     error_response,
-    now_iso,
     parse_raw_request,
     parse_request,
     salvage_meta,
@@ -52,6 +51,7 @@ class _Job:
     payload: bytes = b""
     properties: Any = None
     samples: Optional[np.ndarray] = None  # a microphone utterance instead of a request
+    task: Any = None  # mqtt_ha._Task: admin work queued behind requests (run() on the worker)
 
 
 def _user_props(props: Any) -> dict[str, str]:
@@ -80,6 +80,7 @@ class MqttService:
         self.errors = 0
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=config.limits.queue_size)
         self._client: Optional[mqtt.Client] = None
+        self.ha = HomeAssistantLink(self)  # HA discovery/states/events/diagnostics + admin requests
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -129,8 +130,8 @@ class MqttService:
         subs = [(f"{self.request_topic}/#", qos)] + ([(self.shared_topic, qos)] if self.shared_topic else [])
         client.subscribe(subs)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
-        self._publish_discovery(client)
         self.connected.set()
+        self.ha.on_connect(client)
         log.info("mqtt connected; requests on %s", ", ".join(t for t, _ in subs))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -167,6 +168,19 @@ class MqttService:
             log.warning("request queue full: microphone utterance dropped")
             return False
 
+    def submit_task(self, task: Any) -> bool:
+        """Admin work for the worker (mqtt_ha); False when the queue is full."""
+        try:
+            self._queue.put_nowait(_Job(task=task))
+            return True
+        except queue.Full:
+            return False
+
+    def publish_decision(self, body: dict[str, Any], source: str) -> None:
+        """One decision (a response body) from source = mqtt | microphone | wyoming: HA event entity
+        (<base>/event with event_type), per-kind retained state and the last-decision state. Thread-safe."""
+        self.ha.publish_decision(body, source)
+
     # -- worker ------------------------------------------------------------------------------------
 
     def run(self, should_stop: Callable[[], bool], on_tick: Callable[[], None], tick_s: float = 1.0) -> None:
@@ -178,6 +192,7 @@ class MqttService:
                 job = None
             if job is not None:
                 self._process(job)
+            self.ha.publish_diagnostics()
             on_tick()
         self._drain()
 
@@ -188,7 +203,9 @@ class MqttService:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if job.samples is None:
+            if job.task is not None:
+                job.task.abort("service is shutting down; retry later")
+            elif job.samples is None:
                 self._reject(job, BUSY, "service is shutting down; retry later")
 
     @staticmethod
@@ -199,6 +216,12 @@ class MqttService:
 
     def _process(self, job: _Job) -> None:
         started = time.perf_counter()
+        if job.task is not None:
+            try:
+                job.task.run()
+            except Exception:  # a bug must not kill the worker
+                log.exception("admin task failed")
+            return
         if job.samples is not None:
             try:
                 resp = self.handler.utterance(job.samples)
@@ -208,8 +231,7 @@ class MqttService:
             if resp is not None:
                 resp.elapsed_ms = 1000 * (time.perf_counter() - started)
                 body = resp.to_dict(self.config.device_id)
-                self._publish(self.event_topic, json.dumps(body).encode())
-                self._update_state(body, "microphone")
+                self.publish_decision(body, "microphone")
             return
         props = _user_props(job.properties)
         kind = self._raw_kind(job.topic)
@@ -231,8 +253,9 @@ class MqttService:
         if not resp.ok:
             self.errors += 1
         body = self._reply(job, resp, meta.get("reply_to"))
+        self.ha.note_latency(resp.elapsed_ms)
         if resp.ok:
-            self._update_state(body, "mqtt")
+            self.publish_decision(body, "mqtt")
 
     # -- publishing --------------------------------------------------------------------------------
 
@@ -269,51 +292,3 @@ class MqttService:
 
     def publish_event(self, body: dict[str, Any]) -> None:
         self._publish(self.event_topic, json.dumps(body).encode())
-
-    def _update_state(self, body: dict[str, Any], source: str) -> None:
-        """Retained last-decision state (what the Home Assistant entities read)."""
-        speaker = body.get("speaker") or (body.get("profile") if body.get("same_speaker") else None)
-        state = {
-            "type": body.get("type"),
-            "source": source,
-            "same_speaker": bool(body.get("same_speaker")),
-            "speaker": speaker or "unknown",
-            "score": body.get("score"),
-            "timestamp": body.get("timestamp") or now_iso(),
-        }
-        self._publish(self.state_topic, json.dumps(state).encode(), retain=True)
-
-    def _publish_discovery(self, client: mqtt.Client) -> None:
-        prefix = self.config.mqtt.discovery_prefix
-        if not prefix:
-            return
-        dev_id = self.config.device_id
-        device = {
-            "identifiers": [f"edgeverify_{dev_id}"],
-            "name": f"edgeverify {dev_id}",
-            "manufacturer": "edgeverify",
-            "model": f"ECAPA-TDNN speaker verification ({self.model_name})",
-            "sw_version": __version__,
-        }
-        common = {
-            "state_topic": self.state_topic,
-            "availability_topic": self.availability_topic,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "device": device,
-        }
-        entities = {
-            ("binary_sensor", "match"): {
-                "name": "Speaker match",
-                "value_template": "{{ 'ON' if value_json.same_speaker else 'OFF' }}",
-            },
-            ("sensor", "speaker"): {"name": "Last speaker", "value_template": "{{ value_json.speaker }}", "icon": "mdi:account-voice"},
-            ("sensor", "score"): {
-                "name": "Last score",
-                "value_template": "{{ value_json.score }}",
-                "state_class": "measurement",
-            },
-        }
-        for (component, key), cfg in entities.items():
-            doc = {**common, **cfg, "unique_id": f"edgeverify_{dev_id}_{key}", "object_id": f"edgeverify_{dev_id}_{key}"}
-            client.publish(f"{prefix}/{component}/edgeverify_{dev_id}/{key}/config", json.dumps(doc), qos=1, retain=True)

@@ -294,16 +294,10 @@ def test_busy_when_queue_full(daemon: DaemonProcess, hub: Hub, clips: dict[str, 
 def test_availability_discovery_and_state(daemon: DaemonProcess, hub: Hub) -> None:
     hub.subscribe(f"{daemon.base}/availability")
     assert hub.wait(lambda m: m.topic.endswith("/availability"), 5).payload == b"online"
-    hub.subscribe("homeassistant/+/edgeverify_dev1/+/config")
-    seen = {}
-    while len(seen) < 3:
-        m = hub.wait(lambda m: m.topic.startswith("homeassistant/"), 5)
-        seen[m.topic] = json.loads(m.payload)
-    assert set(seen) == {f"homeassistant/{c}/edgeverify_dev1/{k}/config"
-                         for c, k in (("binary_sensor", "match"), ("sensor", "speaker"), ("sensor", "score"))}
-    for doc in seen.values():
-        assert doc["state_topic"] == f"{daemon.base}/state" and doc["availability_topic"] == f"{daemon.base}/availability"
-        assert doc["device"]["identifiers"] == ["edgeverify_dev1"]
+    hub.subscribe("homeassistant/device/edgeverify_dev1/config")  # device-based discovery (tests/test_ha.py)
+    doc = json.loads(hub.wait(lambda m: m.topic.startswith("homeassistant/"), 5).payload)
+    assert doc["availability_topic"] == f"{daemon.base}/availability" and doc["dev"]["ids"] == ["edgeverify_dev1"]
+    assert doc["cmps"]["last_speaker"]["state_topic"] == f"{daemon.base}/state/identify"
     hub.subscribe(f"{daemon.base}/state")  # retained: the last decision of the earlier tests
     state = json.loads(hub.wait(lambda m: m.topic.endswith("/state"), 5).payload)
     assert {"speaker", "score", "same_speaker", "timestamp"} <= set(state)

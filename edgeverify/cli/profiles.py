@@ -58,21 +58,20 @@ def _verifier(config: Any, threshold: Any = None) -> Any:
 
 
 def enroll(args: argparse.Namespace) -> int:
-    from ..audio import read_audio
-    from ..profiles import RECOMMENDED_CLIPS, check_clipping, check_name
+    from ..enrollment import enroll as enroll_clips
+    from ..profiles import check_name
 
     check_name(args.name)
     config, store = _setup(args)
-    verifier = _verifier(config)
-    embeddings = []
-    for path in args.clips:
-        audio = read_audio(path)
-        check_clipping(audio.samples, path)
-        embeddings.append(verifier.embed(audio))  # NoSpeechError/TooShortError name the clip
-    profile = store.enroll(args.name, embeddings, clip_names=args.clips, replace=args.replace, model=verifier.model_name)
-    print(f"enrolled {profile.name} from {profile.clips} clip(s) in {store.path(profile.name)}")
-    if profile.clips < RECOMMENDED_CLIPS:
-        print(f"note: {RECOMMENDED_CLIPS} clips are recommended for a reliable profile")
+    report = enroll_clips(_verifier(config), store, args.name, args.clips, replace=args.replace)
+    for clip in report.clips:
+        print(clip.line())
+    if report.error is not None:
+        raise report.error  # one line on stderr, exit 2 (same as any other error)
+    assert report.profile is not None
+    print(f"enrolled {report.profile.name} from {report.profile.clips} clip(s) in {store.path(report.profile.name)}")
+    for note in report.notes:
+        print(f"note: {note}")
     print("a running daemon picks it up on the next request")
     return 0
 
