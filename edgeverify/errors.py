@@ -61,3 +61,9 @@ class MicrophoneError(EdgeVerifyError):
     """Capture device missing/unusable, or PortAudio not installed."""
 
     code = "microphone_error"
+
+
+class WyomingError(EdgeVerifyError):
+    """A Wyoming peer (client or speech-to-text service) sent something we cannot use, or went away."""
+
+    code = "wyoming_error"
