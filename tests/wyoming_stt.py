@@ -40,8 +40,9 @@ def stand_in_info() -> Info:
 
 
 class StandInStt:
-    def __init__(self, mode: str = "ok", delay_s: float = 0.0) -> None:
+    def __init__(self, mode: str = "ok", delay_s: float = 0.0, port: int = 0) -> None:
         self.mode = mode
+        self.port = port
         self.delay_s = delay_s
         self.server: Optional[AsyncTcpServer] = None
         self.audio = bytearray()
@@ -59,7 +60,7 @@ class StandInStt:
         return hashlib.sha256(self.audio).hexdigest()
 
     async def start(self) -> "StandInStt":
-        self.server = AsyncTcpServer("127.0.0.1", 0)
+        self.server = AsyncTcpServer("127.0.0.1", self.port)
         await self.server.start(lambda r, w: _Handler(self, r, w))
         return self
 
