@@ -40,8 +40,9 @@ def stand_in_info() -> Info:
 
 
 class StandInStt:
-    def __init__(self, mode: str = "ok", delay_s: float = 0.0, port: int = 0) -> None:
+    def __init__(self, mode: str = "ok", delay_s: float = 0.0, port: int = 0, record: bool = True) -> None:
         self.mode = mode
+        self.record = record
         self.port = port
         self.delay_s = delay_s
         self.server: Optional[AsyncTcpServer] = None
@@ -74,6 +75,7 @@ class _Handler(AsyncEventHandler):
         super().__init__(reader, writer)
         self.stt = stt
         self.chunks = 0
+        self.delay_s = stt.delay_s
         stt.connections += 1
 
     async def handle_event(self, event: Event) -> bool:
@@ -82,14 +84,17 @@ class _Handler(AsyncEventHandler):
             await self.write_event(stand_in_info().event())
         elif Transcribe.is_type(event.type):
             stt.transcribes += 1
+            name = Transcribe.from_event(event).name or ""
+            self.delay_s = float(name[6:]) if name.startswith("delay:") else stt.delay_s  # per request (bench)
         elif AudioChunk.is_type(event.type):
             self.chunks += 1
-            stt.audio += AudioChunk.from_event(event).audio
+            if stt.record:
+                stt.audio += AudioChunk.from_event(event).audio
             if stt.mode == "close" and self.chunks >= 2:
                 return False
         elif AudioStop.is_type(event.type):
-            if stt.delay_s:
-                await asyncio.sleep(stt.delay_s)
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             if stt.mode == "ok":
                 await self.write_event(Transcript(text=TEXT, language="de").event())
             elif stt.mode == "error":
