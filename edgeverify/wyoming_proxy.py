@@ -20,6 +20,7 @@ before anything is buffered, types are checked, and a bad event becomes a Wyomin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -83,7 +84,7 @@ async def read_event(reader: asyncio.StreamReader) -> Optional["Event"]:
         raise WyomingError(f"event header longer than {MAX_LINE_BYTES} bytes") from None
     try:
         header = json.loads(line)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
         raise WyomingError("event header is not JSON") from None
     if not isinstance(header, dict) or not isinstance(header.get("type"), str) or not header["type"]:
         raise WyomingError("event header must be an object with a string 'type'")
@@ -102,7 +103,7 @@ async def read_event(reader: asyncio.StreamReader) -> Optional["Event"]:
         payload = await reader.readexactly(payload_length) if payload_length else None
     except asyncio.IncompleteReadError:
         raise WyomingError("stream ended inside an event") from None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise WyomingError("event data block is not JSON") from None
     return Event(type=header["type"][:64], data=data, payload=payload)
 
@@ -355,6 +356,10 @@ class _Session:
                 await self.handle(event)
         except (ConnectionError, OSError) as exc:
             log.info("wyoming: client %s gone: %s", self.peer, exc)
+        except Exception:  # a bug must not take the server down; this client is told and dropped
+            log.exception("wyoming: session with %s failed", self.peer)
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.send(error_event("internal error", "internal-error"))
         finally:
             self.release()
 
@@ -502,6 +507,9 @@ class _Session:
             reason, code = f"speech-to-text service sent a bad event: {exc.message}", "stt-bad-event"
         except (ConnectionError, OSError):
             pass
+        except Exception:
+            log.exception("wyoming: relaying from %s failed", self.opts.stt_uri)
+            reason, code = "internal error relaying the speech-to-text answer", "internal-error"
         if self.down is down:  # still ours: the STT went away on its own
             if self.waiting is not None or (self.utt is not None and not self.utt.identify_only):
                 await self._stt_failed(reason, code)
@@ -535,6 +543,7 @@ class _Session:
         if not isinstance(text, str):
             raise WyomingError("transcript without text")
         received = time.perf_counter()
+        self._cancel_timer()  # the STT answered; waiting for our own decision is not its timeout
         utt = self.utt
         decision: Optional[dict] = None
         if utt is not None and utt.decision is not None:

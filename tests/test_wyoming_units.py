@@ -115,7 +115,8 @@ def test_reader_accepts_what_the_library_writes() -> None:
     "data",
     [b'{"type": "a", "payload_length": 2000000}\n', b'{"type": "a", "data_length": 300000}\n',
      b'{"type": "a", "data_length": 1.5}\n', b'{"type": "a", "payload_length": true}\n', b'"a"\n',
-     b'{"type": ""}\n', b'{"type": "a", "data_length": 3}\n\xff\xfe\n', b'{"type": "a"', b"x" * 70000 + b"\n"],
+     b'{"type": ""}\n', b'{"type": "a", "data_length": 3}\n\xff\xfe\n', b'{"type": "a"', b"x" * 70000 + b"\n",
+     b"[" * 60000 + b"\n", b'{"type": "a", "data_length": 30000}\n' + b"[" * 30000],
 )
 def test_reader_refuses_oversized_or_malformed_events(data: bytes) -> None:
     from edgeverify.errors import WyomingError
