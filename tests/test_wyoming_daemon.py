@@ -74,3 +74,55 @@ def test_daemon_publishes_wyoming_decisions(tmp_path: Path, int8_verifier: Any, 
             rc = daemon.stop()
             hub.close()
         assert rc == 0, daemon.log_path.read_text()
+
+
+def test_standalone_command_prints_decisions(tmp_path: Path, int8_verifier: Any, int8_model: Path, speech_dir: Path) -> None:
+    """`edgeverify wyoming` (no MQTT): proxies, tags, and prints each decision as a JSON line."""
+    import subprocess
+
+    from wyoming.asr import Transcript
+    from wyoming.client import AsyncTcpClient
+
+    from edgeverify.audio import read_audio
+    from edgeverify.profiles import ProfileStore
+
+    d = speech_dir / "dev" / "vctk-p226"
+    ProfileStore(tmp_path / "state").enroll(
+        "bob", [int8_verifier.embed(read_audio(d / f"p226_0{n}.wav")) for n in ("03", "08", "16")]
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"model": str(int8_model), "state_dir": str(tmp_path / "state")}))
+    proxy_port, stt_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeverify", "wyoming", "--config", str(cfg), "--uri", f"tcp://127.0.0.1:{proxy_port}",
+         "--stt-uri", f"tcp://127.0.0.1:{stt_port}", "--tag", "{speaker}: {text}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        async def talk() -> str:
+            stt = await StandInStt(port=stt_port).start()
+            try:
+                for _ in range(300):  # until it listens (model load)
+                    try:
+                        client = AsyncTcpClient("127.0.0.1", proxy_port)
+                        await client.connect()
+                        break
+                    except OSError:
+                        assert proc.poll() is None, proc.stderr.read().decode()
+                        await asyncio.sleep(0.1)
+                async with client:
+                    await stream(client, pcm16(d / "p226_022.wav"))
+                    while True:
+                        event = await asyncio.wait_for(client.read_event(), 60)
+                        assert event is not None and event.type != "error", event
+                        if event.type == "transcript":
+                            return Transcript.from_event(event).text
+            finally:
+                await stt.stop()
+
+        assert asyncio.run(talk()) == f"bob: {TEXT}"
+        body = json.loads(proc.stdout.readline())
+        assert body["speaker"] == "bob" and body["event"] == "identified" and body["request_id"] == "req-1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
