@@ -78,6 +78,7 @@ def test_daemon_publishes_wyoming_decisions(tmp_path: Path, int8_verifier: Any, 
 
 def test_standalone_command_prints_decisions(tmp_path: Path, int8_verifier: Any, int8_model: Path, speech_dir: Path) -> None:
     """`edgeverify wyoming` (no MQTT): proxies, tags, and prints each decision as a JSON line."""
+    import select
     import subprocess
 
     from wyoming.asr import Transcript
@@ -121,6 +122,7 @@ def test_standalone_command_prints_decisions(tmp_path: Path, int8_verifier: Any,
                 await stt.stop()
 
         assert asyncio.run(talk()) == f"bob: {TEXT}"
+        assert select.select([proc.stdout], [], [], 30)[0], "no decision printed"
         body = json.loads(proc.stdout.readline())
         assert body["speaker"] == "bob" and body["event"] == "identified" and body["request_id"] == "req-1"
     finally:
