@@ -149,3 +149,25 @@ def test_wyoming_config_errors_name_the_key(section: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"wyoming": section})
     assert err.value.message.startswith(key + ":"), err.value.message
+
+
+def test_wyoming_package_is_imported_only_when_used() -> None:
+    """The daemon and the CLI start without the optional wyoming package; enabling the proxy without it
+    is a ConfigError naming the extra."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['wyoming'] = None\n"  # as if not installed: any import of it fails
+        "import edgeverify.__main__ as m, edgeverify.daemon, edgeverify.config\n"
+        "m.build_parser()\n"
+        "from edgeverify.errors import ConfigError\n"
+        "from edgeverify.wyoming_proxy import ProxyOptions, SpeakerIdProxy\n"
+        "try:\n"
+        "    SpeakerIdProxy(None, ProxyOptions())\n"
+        "except ConfigError as e:\n"
+        "    print(e.message)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "edgeverify[wyoming]" in out.stdout
