@@ -20,7 +20,7 @@ import soundfile as sf
 
 pytest.importorskip("wyoming")
 
-from wyoming.asr import Transcribe, Transcript  # noqa: E402
+from wyoming.asr import Transcript  # noqa: E402
 from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
 from wyoming.client import AsyncTcpClient  # noqa: E402
 from wyoming.event import Event  # noqa: E402
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 ENROLL = {"alice": ("vctk-p225", ["p225_008", "p225_011", "p225_016"]), "bob": ("vctk-p226", ["p226_003", "p226_008", "p226_016"])}
 PROBE = {"alice": ("vctk-p225", "p225_022"), "bob": ("vctk-p226", "p226_022")}
 STRANGER = ("ls-1688", None)  # any clip of a third speaker, never enrolled (another corpus)
-WAIT_S = 60.0
+WAIT_S = 30.0
 
 
 def run(coro: Any) -> Any:
@@ -97,7 +97,7 @@ async def read_until(client: AsyncTcpClient, types: tuple[str, ...]) -> list[Eve
 
 async def stream(client: AsyncTcpClient, pcm: bytes, rate: int = 16000, width: int = 2, channels: int = 1,
                  start: Optional[Event] = None, frames: int = 1024, stop: bool = True) -> None:
-    await client.write_event(start or Transcribe(language="de", context={"request_id": "req-1"}).event())
+    await client.write_event(start or Event(type="transcribe", data={"language": "de", "context": {"request_id": "req-1"}}))
     await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
     step = frames * width * channels
     for i in range(0, len(pcm), step):

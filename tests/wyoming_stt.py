@@ -91,12 +91,15 @@ class _Handler(AsyncEventHandler):
             if stt.record:
                 stt.audio += AudioChunk.from_event(event).audio
             if stt.mode == "close" and self.chunks >= 2:
+                self.writer.close()  # older library versions do not close on False themselves
                 return False
         elif AudioStop.is_type(event.type):
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             if stt.mode == "ok":
-                await self.write_event(Transcript(text=TEXT, language="de").event())
+                event = Transcript(text=TEXT).event()
+                event.data["language"] = "de"  # a field only newer library versions model
+                await self.write_event(event)
             elif stt.mode == "error":
                 await self.write_event(Error(text=ERROR_TEXT, code="stand-in-error").event())
         return True
