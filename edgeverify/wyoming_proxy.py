@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from .audio import TARGET_RATE
 from .audio_stream import StreamConverter
 from .errors import AudioError, ConfigError, EdgeVerifyError, ProfileError, WyomingError
 from .handler import RequestHandler
@@ -236,7 +237,7 @@ class SpeakerIdProxy:
             resp = Response(ok=True, meta=meta, result=result)
         except (AudioError, ProfileError) as exc:
             resp = error_response(meta, exc.code, exc.message)
-            resp.result = {"speaker": None, "same_speaker": False, "duration_s": round(samples.size / 16000, 2)}
+            resp.result = {"speaker": None, "same_speaker": False, "duration_s": round(samples.size / TARGET_RATE, 2)}
         except Exception as exc:  # a bug must not leave the client waiting for its transcript
             log.exception("wyoming: identification failed")
             resp = error_response(meta, "internal_error", f"internal error: {type(exc).__name__}")
@@ -252,7 +253,7 @@ class SpeakerIdProxy:
             "wyoming: %s (score %s, %.1f s of audio, %.0f ms)",
             body.get("speaker") or "unknown speaker" + (f" [{body['error']['code']}]" if "error" in body else ""),
             body.get("score"),
-            samples.size / 16000,
+            samples.size / TARGET_RATE,
             resp.elapsed_ms,
         )
         if self.on_decision is not None:
