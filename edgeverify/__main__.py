@@ -12,7 +12,7 @@ from . import __version__
 from .errors import EdgeVerifyError
 
 # Modules under edgeverify.cli, each exposing register(subparsers); imported lazily in their handlers.
-COMMAND_MODULES = ("verify", "evaluate", "bench", "model", "profiles", "daemon")
+COMMAND_MODULES = ("verify", "evaluate", "bench", "model", "profiles", "daemon", "wyoming")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,6 +105,19 @@ class AdminConfig:
 
 
 @dataclass
+class WyomingConfig:
+    """The Wyoming speech-to-text proxy with speaker identification (Home Assistant Assist)."""
+
+    enabled: bool = False
+    uri: str = "tcp://0.0.0.0:10310"  # where Home Assistant connects (tcp://host:port or unix:///path)
+    stt_uri: str = "tcp://127.0.0.1:10300"  # the real speech-to-text service behind the proxy
+    reject_unknown: bool = False  # unknown speaker: empty transcript (the decision event says rejected)
+    tag_transcript: Optional[str] = None  # e.g. "{speaker}: {text}"; fields speaker, text, score
+    max_clients: int = 4  # concurrent connections; more are answered with an error
+    stt_timeout_s: float = 60.0  # longest wait for the speech-to-text service's answer
+
+
+@dataclass
 class Config:
     device_id: str = field(default_factory=_default_device_id)
     model: str = "int8"  # int8 | fp32 | path to an .onnx file
@@ -117,6 +130,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     source: Optional[str] = field(default=None, metadata={"internal": True})  # file it was read from
 
     @property
@@ -283,6 +297,64 @@ def _admin(d: dict[str, Any]) -> AdminConfig:
     return c
 
 
+def wyoming_uri(path: str, v: Any) -> str:
+    """tcp://host:port or unix:///path (what the wyoming library's servers and clients accept)."""
+    from urllib.parse import urlparse
+
+    what = "tcp://host:port or unix:///path"
+    uri = _str(path, v, what=what)
+    try:
+        u = urlparse(uri)
+        ok = (u.scheme == "tcp" and bool(u.hostname) and u.port is not None and u.port > 0) or (
+            u.scheme == "unix" and bool(u.path)
+        )
+    except ValueError:  # bad port
+        ok = False
+    if not ok:
+        raise _fail(path, f"must be {what}", v)
+    return uri
+
+
+def tag_format(path: str, v: Any) -> Optional[str]:
+    """A str.format template using {text} and optionally {speaker} / {score}; None or "off" disables tagging."""
+    import string
+
+    if v is None or v is False or v == "off":
+        return None
+    fmt = _str(path, v, what='a format such as "{speaker}: {text}", or off')
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None}
+        if fields <= {"text", "speaker", "score"}:
+            fmt.format(text="", speaker="s", score=0.5)  # bad format specs
+    except (KeyError, IndexError, ValueError):
+        fields = {"?"}
+    if not fields <= {"text", "speaker", "score"}:
+        raise _fail(path, "may only use the fields {text}, {speaker} and {score}", v)
+    if "text" not in fields:
+        raise _fail(path, "must contain {text}", v)
+    return fmt
+
+
+def _wyoming(d: dict[str, Any]) -> WyomingConfig:
+    c = WyomingConfig()
+    p = "wyoming."
+    if "enabled" in d:
+        c.enabled = _bool(p + "enabled", d["enabled"])
+    if "uri" in d:
+        c.uri = wyoming_uri(p + "uri", d["uri"])
+    if "stt_uri" in d:
+        c.stt_uri = wyoming_uri(p + "stt_uri", d["stt_uri"])
+    if "reject_unknown" in d:
+        c.reject_unknown = _bool(p + "reject_unknown", d["reject_unknown"])
+    if "tag_transcript" in d:
+        c.tag_transcript = tag_format(p + "tag_transcript", d["tag_transcript"])
+    if "max_clients" in d:
+        c.max_clients = _int(p + "max_clients", d["max_clients"], 1, 64)
+    if "stt_timeout_s" in d:
+        c.stt_timeout_s = _num(p + "stt_timeout_s", d["stt_timeout_s"], 1, 600)
+    return c
+
+
 def parse_config(data: Any, source: Optional[str] = None) -> Config:
     """Validate a parsed YAML document (a mapping or None) into a Config."""
     d = _section("", data, Config)
@@ -312,6 +384,7 @@ def parse_config(data: Any, source: Optional[str] = None) -> Config:
     c.limits = _limits(_section("limits", d.get("limits"), LimitsConfig))
     c.microphone = _microphone(_section("microphone", d.get("microphone"), MicrophoneConfig))
     c.admin = _admin(_section("admin", d.get("admin"), AdminConfig))
+    c.wyoming = _wyoming(_section("wyoming", d.get("wyoming"), WyomingConfig))
     # systemd's StateDirectory= (a colon-separated list) wins: the unit decides where state lives.
     env_state = os.environ.get("STATE_DIRECTORY")
     if env_state:

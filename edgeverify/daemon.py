@@ -44,6 +44,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._mic: Any = None
+        self._wyoming: Any = None  # wyoming_proxy.ProxyThread when wyoming.enabled
         self._mic_retry_at = 0.0
         self._last_ping = 0.0
         self.watchdog_s = notify.watchdog_interval()
@@ -75,6 +76,8 @@ class Daemon:
             self.verifier, self.store, cfg.limits.max_audio_seconds, None, cfg.microphone.mode
         )
         self.service = MqttService(cfg, self.handler, model_name=self.verifier.model_name)
+        if cfg.wyoming.enabled:
+            self._start_wyoming()  # before MQTT: a port in use stops the start-up before anything is published
         notify.status(f"connecting to {cfg.mqtt.host}:{cfg.mqtt.port}")
         self.service.start()
         if not self.service.connected.wait(CONNECT_WAIT_S):
@@ -90,6 +93,8 @@ class Daemon:
             notify.stopping("stopping")
             if self._mic is not None:
                 self._mic.stop()
+            if self._wyoming is not None:
+                self._wyoming.stop()
             self.service.stop()
             log.info("stopped after %d request(s)", self.service.handled)
         return 0
@@ -98,9 +103,10 @@ class Daemon:
         s = self.service
         mqtt_state = "connected" if s.connected.is_set() else "connecting"
         mic = "" if not self.config.microphone.enabled else (", mic on" if self._mic is not None else ", mic unavailable")
+        wyo = "" if self._wyoming is None else f", wyoming {self._wyoming.proxy.decisions} decision(s)"
         return (
             f"{mqtt_state}; model {self.verifier.model_name}; {len(self.store.list())} profile(s); "
-            f"{s.handled} request(s), {s.errors} error(s){mic}"
+            f"{s.handled} request(s), {s.errors} error(s){mic}{wyo}"
         )
 
     def _on_tick(self) -> None:
@@ -145,6 +151,16 @@ class Daemon:
         self._mic = listener
         self.handler.microphone = listener
 
+    def _start_wyoming(self) -> None:
+        """The Wyoming proxy on its own asyncio thread, sharing the handler (one model in memory)."""
+        from .wyoming_proxy import ProxyOptions, ProxyThread, SpeakerIdProxy  # the wyoming package only when enabled
+
+        w = self.config.wyoming
+        # decisions feed Home Assistant's event entity and the retained state, like MQTT and microphone ones
+        proxy = SpeakerIdProxy(self.handler, ProxyOptions.from_config(w, self.config.device_id), self.service.publish_decision)
+        self._wyoming = ProxyThread(proxy, w.uri)
+        self._wyoming.start()  # WyomingError (port in use) stops the start-up with a readable message
+
     def reload(self) -> None:
         """SIGHUP: re-read the config (keep the old one if invalid), reload the model if it changed, re-read profiles."""
         notify.reloading()
@@ -163,7 +179,7 @@ class Daemon:
                 notify.ready(f"reload failed: {exc.message}")
                 return
             self.handler.verifier = self.verifier
-        for section in ("mqtt", "device_id", "state_dir", "admin"):
+        for section in ("mqtt", "device_id", "state_dir", "admin", "wyoming"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("reload: %s changed; it takes effect after a restart", section)
                 setattr(new, section, getattr(old, section))

@@ -67,3 +67,9 @@ class AdminDisabledError(RequestError):
     """An admin request (enroll/forget/list over MQTT) while admin.enabled is false."""
 
     code = "admin_disabled"
+
+
+class WyomingError(EdgeVerifyError):
+    """A Wyoming peer (client or speech-to-text service) sent something we cannot use, or went away."""
+
+    code = "wyoming_error"

@@ -224,6 +224,8 @@ def decision_kind(body: dict[str, Any]) -> str:
 
 
 def event_type(body: dict[str, Any]) -> str:
+    if body.get("rejected") is True:  # a Wyoming proxy with reject_unknown: the transcript was withheld
+        return "rejected"
     if decision_kind(body) == "verify":
         return "verified" if body.get("same_speaker") else "rejected"
     return "identified" if body.get("speaker") else "unknown_speaker"

@@ -81,14 +81,22 @@ class RequestHandler:
         meta: dict[str, Any] = {"type": "microphone", "first_file": "microphone"}
         profile = self.mic_mode.split(":", 1)[1] if self.mic_mode.startswith("verify:") else None
         try:
-            audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
-            result = self._result(self.verifier.embed(audio), profile, None)
+            result = self.decide_samples(samples, "microphone", profile)
         except AudioError as exc:
             log.info("microphone utterance skipped: %s", exc.message)
             return None
         except ProfileError as exc:
             log.warning("microphone decision impossible: %s", exc.message)
             return None
+        return Response(ok=True, meta=meta, result=result)
+
+    def decide_samples(self, samples: np.ndarray, name: str, profile: Optional[str] = None) -> dict[str, Any]:
+        """Identify (or verify against `profile`) 16 kHz mono samples from a live source: microphone, Wyoming.
+
+        Raises AudioError (too short, no speech) or ProfileError; the result has duration_s and model.
+        """
+        audio = audio_from_array(samples, TARGET_RATE, name=name, max_seconds=self.max_audio_seconds)
+        result = self._result(self.verifier.embed(audio), profile, None)
         result["duration_s"] = round(audio.duration_s, 2)
         result["model"] = self.verifier.model_name
-        return Response(ok=True, meta=meta, result=result)
+        return result

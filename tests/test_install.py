@@ -51,7 +51,7 @@ def test_plan_lists_every_step(arch: str) -> None:
     # the account step adapts to the host: created, fixed, or already there
     assert "useradd --system --gid edgeverify --groups audio" in out or "user edgeverify exists" in out
     # printed with shell quoting: the extras survive copy-paste
-    assert "[systemd,build]" in out.replace("\\", "")
+    assert "[systemd,build,wyoming]" in out.replace("\\", "")
     # nothing architecture-specific baked in
     assert "x86_64" not in out and "aarch64" not in out
 

@@ -1,0 +1,71 @@
+"""`edgeverify wyoming`: the Wyoming speech-to-text proxy with speaker identification, without MQTT.
+
+The daemon (`edgeverify run` with `wyoming.enabled: true`) runs the same proxy next to MQTT and
+publishes each decision there; this command prints each decision as one JSON line instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .profiles import _common, _setup, _verifier
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "wyoming",
+        help="Wyoming speech-to-text proxy that identifies the speaker (Home Assistant Assist); prints decisions",
+    )
+    p.add_argument("--uri", default=None, help="where Home Assistant connects (default: the config's wyoming.uri, tcp://0.0.0.0:10310)")
+    p.add_argument("--stt-uri", default=None, help="the real speech-to-text service (default: wyoming.stt_uri, tcp://127.0.0.1:10300)")
+    p.add_argument("--reject-unknown", action="store_true", default=None, help="unknown speaker: return an empty transcript")
+    p.add_argument("--tag", default=None, metavar="FORMAT", help='tag the transcript, e.g. "{speaker}: {text}" ("off" disables)')
+    p.add_argument("--threshold", type=float, default=None, help="minimum score to name a speaker (default: the model's)")
+    _common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+    import logging
+
+    from ..config import tag_format, wyoming_uri
+    from ..handler import RequestHandler
+    from ..wyoming_proxy import ProxyOptions, SpeakerIdProxy, serve
+
+    config, store = _setup(args)
+    w = config.wyoming
+    if args.uri is not None:
+        w.uri = wyoming_uri("--uri", args.uri)
+    if args.stt_uri is not None:
+        w.stt_uri = wyoming_uri("--stt-uri", args.stt_uri)
+    if args.reject_unknown:
+        w.reject_unknown = True
+    if args.tag is not None:
+        w.tag_transcript = tag_format("--tag", args.tag)
+    verifier = _verifier(config, args.threshold)
+    verifier.warm_up()
+    handler = RequestHandler(verifier, store, config.limits.max_audio_seconds)
+
+    def print_decision(body: dict, source: str) -> None:
+        print(json.dumps(body, ensure_ascii=False), flush=True)
+
+    proxy = SpeakerIdProxy(handler, ProxyOptions.from_config(w, config.device_id), print_decision)
+    if not getattr(args, "debug", False):
+        logging.getLogger().setLevel(logging.INFO)  # a foreground service: say what it does
+    print(
+        f"edgeverify wyoming: {len(store.list())} profile(s); listening on {w.uri}, speech-to-text {w.stt_uri}; "
+        f"settings {json.dumps(dataclasses.asdict(w))}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        asyncio.run(serve(proxy, w.uri))
+    except OSError as exc:
+        from ..errors import WyomingError
+
+        raise WyomingError(f"cannot listen on {w.uri}: {exc}") from None
+    return 0
