@@ -374,8 +374,10 @@ def read_audio(
             size = os.path.getsize(path)
             if size > max_bytes:
                 raise TooLongError(f"{name}: file is {size} bytes, over the {max_bytes} byte limit")
-            with open(path, "rb") as fh:
-                data = fh.read(max_bytes + 1)
+            with open(path, "rb") as fh:  # read(n) preallocates n bytes: ask for the size, not the limit
+                data = fh.read(size + 1 if size > 0 else max_bytes + 1)
+            if len(data) > max_bytes:
+                raise TooLongError(f"{name}: file is over the {max_bytes} byte limit")
         except FileNotFoundError:
             raise UnreadableAudioError(f"{name}: no such file") from None
         except IsADirectoryError:

@@ -9,7 +9,7 @@ import numpy as np
 _SIZE_CODES = {8: 1, 12: 2, 16: 4, 20: 5, 24: 6, 32: 7}
 
 
-def _crc(data: bytes, poly: int, width: int) -> int:
+def crc(data: bytes, poly: int, width: int) -> int:
     top, mask, c = 1 << (width - 1), (1 << width) - 1, 0
     for b in data:
         c ^= b << (width - 8)
@@ -149,15 +149,23 @@ def encode_flac(
         w.put(assign, 4)
         w.put(_SIZE_CODES.get(bps, 0), 3)
         w.put(0, 1)
-        assert fi < 0x80  # one-byte coded frame number is enough for test clips
-        w.put(fi, 8)
+        assert fi < 0x10000
+        if fi < 0x80:  # frame number, UTF-8 style
+            w.put(fi, 8)
+        elif fi < 0x800:
+            w.put(0xC0 | fi >> 6, 8)
+            w.put(0x80 | fi & 0x3F, 8)
+        else:
+            w.put(0xE0 | fi >> 12, 8)
+            w.put(0x80 | (fi >> 6) & 0x3F, 8)
+            w.put(0x80 | fi & 0x3F, 8)
         w.put(n - 1, 16)
-        w.put(_crc(bytes(w.out[hstart:]), 0x07, 8), 8)
+        w.put(crc(bytes(w.out[hstart:]), 0x07, 8), 8)
         kind = kinds[fi % len(kinds)]
         for c in range(ch):
             order = int("".join(ch_ for ch_ in kind if ch_.isdigit()) or 0)
             use = kind if n > order + 1 and (n >> porder) > order and n % (1 << porder) == 0 else "verbatim"
             _subframe(w, chans[c].astype(np.int64), widths[c], use, porder)
         w.align()
-        w.put(_crc(bytes(w.out[hstart:]), 0x8005, 16), 16)
+        w.put(crc(bytes(w.out[hstart:]), 0x8005, 16), 16)
     return bytes(w.out)
