@@ -24,6 +24,7 @@ _BPS = (0, 8, 12, 0, 16, 20, 24, 32)
 _LOCKSTEP_MIN = 4  # fewer subframes of one block size than this: plain per-sample loop
 _BATCH_SAMPLES = 1 << 19  # decoded samples held before LPC restoration and hand-over (4 MiB as int64)
 _SCAN_BITS = 1 << 17  # bits per "next 1" table
+_MAX_METADATA_BLOCKS = 1024  # real files have a handful; a million empty ones would only cost time
 
 
 def _crc8_table() -> list[int]:
@@ -115,55 +116,43 @@ class _Bits:
                 return ones[0]
             p = 8 * (b0 + chunk.shape[0])
 
-    def fields(self, starts: np.ndarray, n: int) -> np.ndarray:
-        """Unsigned n-bit fields (n <= 56) at the given bit positions, vectorised."""
-        if n == 0:
-            return np.zeros(starts.shape[0], dtype=np.int64)
+    def fields(self, starts: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
+        """Unsigned fields of the given widths (0..56 bits) at the given bit positions, vectorised."""
         b = starts >> 3
         raw = self.arr[b[:, None] + np.arange(8)].view(">u8").ravel().astype(np.uint64)
-        shift = (64 - n - (starts & 7)).astype(np.uint64)
-        return ((raw >> shift) & np.uint64((1 << n) - 1)).astype(np.int64)
+        w = np.asarray(widths, dtype=np.uint64)
+        shift = np.uint64(64) - w - (starts & 7).astype(np.uint64)
+        return ((raw >> shift) & ((np.uint64(1) << w) - np.uint64(1))).astype(np.int64)
 
     def signed_run(self, count: int, n: int) -> np.ndarray:
         """count consecutive signed n-bit values (n <= 33), vectorised."""
         self.need(count * n)
-        starts = self.pos + n * np.arange(count, dtype=np.int64)
-        v = self.fields(starts, n)
+        if n == 0:
+            return np.zeros(count, dtype=np.int64)
+        v = self.fields(self.pos + n * np.arange(count, dtype=np.int64), n)
         self.pos += count * n
-        if n:
-            v -= (v >> (n - 1)) << n
+        v -= (v >> (n - 1)) << n
         return v
 
-    def rice(self, count: int, k: int) -> np.ndarray:
-        """count Rice-coded signed residuals with parameter k."""
-        q = [0] * count
-        starts = [0] * count
+    def rice_scan(self, count: int, k: int, q: list, starts: list) -> None:
+        """Locate count Rice codes with parameter k: append quotients and remainder positions."""
         p = self.pos
         ones = self._ones
-        nxt = self._next_one
+        qa, sa = q.append, starts.append
         i = bisect_left(ones, p)
-        for j in range(count):
-            if i >= len(ones) or ones[i] < p:
-                i = bisect_left(ones, p)
-                if i >= len(ones):
-                    nxt(p)
-                    ones = self._ones
-                    i = 0
+        for _ in range(count):
+            if i >= len(ones):
+                self._next_one(p)
+                ones = self._ones
+                i = 0
             t = ones[i]
-            q[j] = t - p
-            starts[j] = t + 1
+            qa(t - p)
+            sa(t + 1)
             p = t + 1 + k
-            i += 1
-            if k:
-                i = bisect_left(ones, p, i)
+            i = bisect_left(ones, p, i + 1) if k else i + 1
         if p > self.nbits:
             raise self.fail("truncated residual")
         self.pos = p
-        qa = np.array(q, dtype=np.int64)
-        if count and int(qa.max()) >= 1 << (33 - k):
-            raise self.fail("residual out of range")
-        u = (qa << k) | self.fields(np.array(starts, dtype=np.int64), k)
-        return (u >> 1) ^ -(u & 1)
 
 
 class FlacStream:
@@ -175,8 +164,11 @@ class FlacStream:
         r.pos = 8 * _skip_id3(data)
         if r.read(32) != 0x664C6143:
             raise r.fail("no fLaC marker")
-        last, first = 0, True
+        last, first, count = 0, True, 0
         while not last:
+            count += 1
+            if count > _MAX_METADATA_BLOCKS:
+                raise r.fail("too many metadata blocks")
             last, kind, length = r.read(1), r.read(7), r.read(24)
             if first != (kind == 0):
                 raise r.fail("STREAMINFO is not the first metadata block")
@@ -206,10 +198,14 @@ class FlacStream:
         r = self.bits
         pending: list[list] = []  # [channel arrays, channel assignment, lpc jobs]
         held = done = 0
+        short = False
         while r.pos + 16 <= r.nbits:
             if self.total_frames is not None and done + held >= self.total_frames:
                 break  # trailing bytes (tags, padding) after the declared samples
+            if short:
+                raise r.fail("a frame shorter than 16 samples before the last one")
             frame = self._frame()
+            short = frame[0][0].shape[0] < 16  # only the last frame may be that short (per-frame cost)
             pending.append(frame)
             held += frame[0][0].shape[0]
             if done + held > max_frames:
@@ -316,17 +312,34 @@ class FlacStream:
         parts = 1 << porder
         if block % parts or block // parts < order or block < order:
             raise r.fail("bad residual partition order")
-        x = np.empty(block, dtype=np.int64)
-        x[:order] = warm
-        pos = order
+        q: list[int] = []  # quotient, or -1 for a raw (escaped) value
+        starts: list[int] = []  # bit position of the remainder / raw value
+        widths: list[int] = []
         for p in range(parts):
             n = block // parts - (order if p == 0 else 0)
             k = r.read(pbits)
             if k == escape:
-                x[pos : pos + n] = r.signed_run(n, r.read(5))
+                bits = r.read(5)
+                r.need(n * bits)
+                starts.extend(range(r.pos, r.pos + n * bits, bits) if bits else [r.pos] * n)
+                q.extend([-1] * n)
+                widths.extend([bits] * n)
+                r.pos += n * bits
             else:
-                x[pos : pos + n] = r.rice(n, k)
-            pos += n
+                r.rice_scan(n, k, q, starts)
+                widths.extend([k] * n)
+        x = np.empty(block, dtype=np.int64)
+        x[:order] = warm
+        if block > order:
+            qa, w = np.array(q, dtype=np.int64), np.array(widths, dtype=np.int64)
+            f = r.fields(np.array(starts, dtype=np.int64), w)
+            raw = qa < 0
+            if np.any((qa >> (33 - w)) > 0):
+                raise r.fail("residual out of range")
+            u = (qa << w) | f
+            rice = (u >> 1) ^ -(u & 1)
+            signed = f - ((f >> np.maximum(w - 1, 0)) << w) * (w > 0)
+            x[order:] = np.where(raw, signed, rice)
         return x
 
     def _finish(self, frames: list[list]) -> np.ndarray:

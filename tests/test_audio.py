@@ -322,10 +322,10 @@ def test_budget_parameter_and_channel_cap():
         audio_from_array(np.zeros((1600, 9), np.float32), 16000)
 
 
-def test_ogg_vorbis_and_opus():
+def test_ogg_vorbis_opus_and_mp3():
     x = _sig(48000, seconds=1.0)
-    for sub in ("VORBIS", "OPUS"):
-        a = read_audio(_bytes(x, 48000, format="OGG", subtype=sub))
+    for fmt, sub in (("OGG", "VORBIS"), ("OGG", "OPUS"), ("MP3", "MPEG_LAYER_III")):
+        a = read_audio(_bytes(x, 48000, format=fmt, subtype=sub))
         assert a.source_rate == 48000 and a.duration_s == pytest.approx(1.0, abs=0.01)
         assert _peak_hz(a.samples) == pytest.approx(440, abs=3)
     with pytest.raises(AudioError, match="channel count 32"):
