@@ -316,7 +316,7 @@ def _decode_flac(data: bytes, name: str, max_seconds: float, budget: int) -> Aud
     budget //= 4  # pure numpy, ~50x slower than libsndfile: a quarter of the budget bounds the CPU time too
     _limits_check(total or 0, stream.rate, stream.channels, name, max_seconds, budget)
     mixer = _Mixer(stream.rate, stream.channels, total, name, max_seconds, budget)
-    for blk in stream.blocks(max_frames=mixer.cap):
+    for blk in stream.blocks(max_frames=mixer.cap, max_work=budget // 4):
         mixer.add(blk)
     if total is not None and mixer.frames != total:
         raise UnreadableAudioError(f"{name}: truncated FLAC: header declares {total} frames, {mixer.frames} decoded")

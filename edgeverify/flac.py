@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import UnreadableAudioError
+from .errors import TooLongError, UnreadableAudioError
 
 __all__ = ["is_flac", "FlacStream"]
 
@@ -24,6 +24,8 @@ _BPS = (0, 8, 12, 0, 16, 20, 24, 32)
 _LOCKSTEP_MIN = 4  # fewer subframes of one block size than this: plain per-sample loop
 _BATCH_SAMPLES = 1 << 19  # decoded samples held before LPC restoration and hand-over (4 MiB as int64)
 _SCAN_BITS = 1 << 17  # bits per "next 1" table
+_FRAME_COST = 64  # sample-equivalents of decode time per frame and per residual partition (measured)
+_PARTITION_COST = 8
 _MAX_METADATA_BLOCKS = 1024  # real files have a handful; a million empty ones would only cost time
 
 
@@ -192,9 +194,16 @@ class FlacStream:
             raise r.fail("bad sample rate or sample size in STREAMINFO")
         self.total_frames: int | None = total or None
         self.scale = np.float32(1.0 / (1 << (self.bps - 1)))
+        self.work = 0
 
-    def blocks(self, max_frames: int) -> Iterator[np.ndarray]:
-        """Decode frame by frame; stops with an error once more than max_frames are present."""
+    def blocks(self, max_frames: int, max_work: int = 1 << 62) -> Iterator[np.ndarray]:
+        """Decode frame by frame; stops with an error once more than max_frames are present.
+
+        max_work bounds the CPU time in sample-equivalents: each sample costs 1, each frame
+        _FRAME_COST and each residual partition _PARTITION_COST (what they take in Python relative to a
+        sample), so a valid stream of thousands of 16-sample frames or 1-sample partitions cannot
+        cost more than an ordinary one.
+        """
         r = self.bits
         pending: list[list] = []  # [channel arrays, channel assignment, lpc jobs]
         held = done = 0
@@ -206,6 +215,12 @@ class FlacStream:
                 raise r.fail("a frame shorter than 16 samples before the last one")
             frame = self._frame()
             short = frame[0][0].shape[0] < 16  # only the last frame may be that short (per-frame cost)
+            self.work += _FRAME_COST + frame[0][0].shape[0] * self.channels
+            if self.work > max_work:
+                raise TooLongError(
+                    f"{self.name}: FLAC decoding work over budget ({self.work} sample-equivalents after"
+                    f" {done + held} samples: too many small frames or partitions)"
+                )
             pending.append(frame)
             held += frame[0][0].shape[0]
             if done + held > max_frames:
@@ -315,6 +330,7 @@ class FlacStream:
         q: list[int] = []  # quotient, or -1 for a raw (escaped) value
         starts: list[int] = []  # bit position of the remainder / raw value
         widths: list[int] = []
+        self.work += _PARTITION_COST * parts
         for p in range(parts):
             n = block // parts - (order if p == 0 else 0)
             k = r.read(pbits)

@@ -149,16 +149,13 @@ def encode_flac(
         w.put(assign, 4)
         w.put(_SIZE_CODES.get(bps, 0), 3)
         w.put(0, 1)
-        assert fi < 0x10000
         if fi < 0x80:  # frame number, UTF-8 style
             w.put(fi, 8)
-        elif fi < 0x800:
-            w.put(0xC0 | fi >> 6, 8)
-            w.put(0x80 | fi & 0x3F, 8)
         else:
-            w.put(0xE0 | fi >> 12, 8)
-            w.put(0x80 | (fi >> 6) & 0x3F, 8)
-            w.put(0x80 | fi & 0x3F, 8)
+            more = 1 if fi < 0x800 else 2 if fi < 0x10000 else 3
+            w.put((0xFF00 >> (more + 1)) & 0xFF | fi >> (6 * more), 8)
+            for i in range(more - 1, -1, -1):
+                w.put(0x80 | (fi >> (6 * i)) & 0x3F, 8)
         w.put(n - 1, 16)
         w.put(crc(bytes(w.out[hstart:]), 0x07, 8), 8)
         kind = kinds[fi % len(kinds)]

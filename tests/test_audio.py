@@ -433,6 +433,16 @@ def test_own_flac_decoder_bit_exact_with_libsndfile(subtype, bps):
         np.testing.assert_array_equal(own, ref)
 
 
+def test_flac_work_budget_bounds_tiny_frames():
+    """16-sample frames cost ~60x a sample each in Python: counted against the budget, not just samples."""
+    q = (np.arange(20000) % 9 - 4).reshape(-1, 1)
+    budget = 16 * 50_000  # own decoder: a quarter of it, 4 bytes a sample -> 50k sample-equivalents
+    with pytest.raises(TooLongError, match="small frames or partitions"):
+        read_audio(encode_flac(q, TARGET_RATE, 12, block=16, porder=0), max_decoded_bytes=budget)
+    a = read_audio(encode_flac(q, TARGET_RATE, 12, block=4096, porder=0), max_decoded_bytes=budget)
+    assert a.samples.size == q.shape[0]
+
+
 def test_flac_fuzz_never_crashes():
     """Flipped bytes, truncations and garbage in a 12-bit FLAC: a result or one of our errors, never anything else."""
     rng = np.random.default_rng(7)
