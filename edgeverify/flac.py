@@ -61,7 +61,7 @@ class _Bits:
 
     def __init__(self, data: bytes, name: str):
         self.data = data
-        self.arr = np.frombuffer(data + bytes(8), dtype=np.uint8)
+        self.arr = np.frombuffer(data, dtype=np.uint8)  # no copy
         self.nbits = 8 * len(data)
         self.pos = 0
         self.name = name
@@ -120,8 +120,10 @@ class _Bits:
 
     def fields(self, starts: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
         """Unsigned fields of the given widths (0..56 bits) at the given bit positions, vectorised."""
-        b = starts >> 3
-        raw = self.arr[b[:, None] + np.arange(8)].view(">u8").ravel().astype(np.uint64)
+        # 8 bytes from each start's byte; past the end the last byte repeats, which only feeds bits beyond
+        # the field (every caller has checked that its fields end inside the data)
+        idx = np.minimum((starts >> 3)[:, None] + np.arange(8), len(self.data) - 1)
+        raw = self.arr[idx].view(">u8").ravel().astype(np.uint64)
         w = np.asarray(widths, dtype=np.uint64)
         shift = np.uint64(64) - w - (starts & 7).astype(np.uint64)
         return ((raw >> shift) & ((np.uint64(1) << w) - np.uint64(1))).astype(np.int64)
@@ -427,7 +429,8 @@ def _lpc_lockstep(xs: list[np.ndarray], jobs: list[tuple]) -> None:
     s, block = len(xs), xs[0].shape[0]
     p = max(j[0] for j in jobs)
     xp = np.zeros((s, p + block), dtype=np.int64)
-    xp[:, p:] = np.stack(xs)
+    for i, x in enumerate(xs):
+        xp[i, p:] = x
     coef = np.zeros((s, p), dtype=np.int64)
     orders = np.array([j[0] for j in jobs])
     shifts = np.array([j[2] for j in jobs], dtype=np.int64)
