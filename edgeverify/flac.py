@@ -2,8 +2,8 @@
 
 Every byte is untrusted: each field is range-checked against the spec (RFC 9639) and the stream's
 STREAMINFO, every read is bounds-checked, and all work is linear in the input and the output frames
-(the caller caps those), so a malformed file raises UnreadableAudioError and never hangs or allocates
-more than a few blocks. Rice codes are located with a short Python scan over a precomputed
+(the caller caps those and the decode work, where tiny frames and partitions count extra), so a
+malformed file raises UnreadableAudioError and never hangs or allocates more than a few blocks. Rice codes are located with a short Python scan over a precomputed
 "next 1 bit" table and their values extracted vectorised; LPC prediction, the only inherently
 sequential step, is run in lockstep over many subframes of the same block size at once.
 """
