@@ -45,8 +45,8 @@ def silent_flac(channels: int, rate: int, seconds: float) -> bytes:
 
 
 def noise_ogg(channels: int, rate: int, seconds: float, subtype: str = "VORBIS") -> bytes:
-    x = 1e-3 * np.random.default_rng(0).standard_normal((int(rate * seconds), channels))
-    return encode(x.astype(np.float32), rate, "OGG", subtype)
+    x = np.random.default_rng(0).standard_normal((int(rate * seconds), channels), dtype=np.float32)
+    return encode(x * np.float32(1e-3), rate, "OGG", subtype)
 
 
 def patch_ogg_rate(data: bytes, rate: int) -> bytes:
@@ -103,7 +103,7 @@ def cases(quick: bool) -> dict[str, Callable[[], bytes]]:
         "Opus 48 kHz stereo 10 s": lambda: noise_ogg(2, 48000, 10.0, "OPUS"),
     }
     if not quick:
-        c["bomb: Vorbis 8 ch 192 kHz 30 s (over budget)"] = lambda: noise_ogg(8, 192000, 30.0)
+        c["Vorbis 8 ch 192 kHz 10 s (just under the budget)"] = lambda: noise_ogg(8, 192000, 10.0)
     return c
 
 
