@@ -32,8 +32,8 @@ def make_session(path: Union[str, Path], threads: int = 1):
 
 
 def _run_options():
-    """Give the arena's memory back after every run: activations grow with clip length (about 11 MB per
-    second of audio), and without this one 60 s request left a daemon holding ~800 MB for good."""
+    """Give the arena's memory back after every run: activations grow with clip length (about 6.5 MB per
+    second of audio), and without this a daemon kept the peak of its longest request for good."""
     import onnxruntime as ort
 
     options = ort.RunOptions()
