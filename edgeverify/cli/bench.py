@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"SpeechBrain: {result['speechbrain']}")
     print(f"{'model':6} {'clip_s':>6} {'thr':>3} {'median_ms':>10} {'cpu_ms':>8} {'p90_ms':>8} {'ms/s':>7} {'rtf':>8}")
     for row in result["rows"]:
+        cpu_ms = "" if row["cpu_median_ms"] is None else f"{row['cpu_median_ms']:.2f}"  # one thread only
         print(
-            f"{row['model']:6} {row['clip_s']:6.0f} {row['threads']:3d} {row['median_ms']:10.2f} {row['cpu_median_ms']:8.2f} "
+            f"{row['model']:6} {row['clip_s']:6.0f} {row['threads']:3d} {row['median_ms']:10.2f} {cpu_ms:>8} "
             f"{row['p90_ms']:8.2f} {row['ms_per_audio_s']:7.2f} {row['rtf']:8.4f}"
         )
     print("ratios (1 thread, CPU time): " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
