@@ -5,10 +5,13 @@ SpeechBrain's parameter names, which it must load with no missing or unexpected 
 log-mel features (batch, frames, 80); output: the raw 192-dim embedding (batch, 192). One utterance per
 batch row and no padding masks: the core embeds clips one at a time.
 
-Two exact rewrites make it cheaper than a literal transcription:
+Exact rewrites make it cheaper than a literal transcription (README "Model and accuracy" has the figures):
 - the attention's global-context 1x1 conv over concat[x, mean, std] is split into W_x @ x plus a
   per-utterance bias W_m @ mean + W_s @ std (a third of the 9216-input conv's work);
-- BatchNorm (inference) becomes one per-channel multiply-add with precomputed scale and shift.
+- BatchNorm (inference) becomes one per-channel multiply-add with precomputed scale and shift;
+- subnormal weights become zeros (see _GraphBuilder.param);
+- squeeze-excitation and attentive pooling run time-major, sums over time as MatMuls (see
+  time_major_sums and attentive_pooling).
 """
 
 from __future__ import annotations
