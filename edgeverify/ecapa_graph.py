@@ -5,10 +5,13 @@ SpeechBrain's parameter names, which it must load with no missing or unexpected 
 log-mel features (batch, frames, 80); output: the raw 192-dim embedding (batch, 192). One utterance per
 batch row and no padding masks: the core embeds clips one at a time.
 
-Two exact rewrites make it cheaper than a literal transcription:
+Exact rewrites make it cheaper than a literal transcription (README "Model and accuracy" has the figures):
 - the attention's global-context 1x1 conv over concat[x, mean, std] is split into W_x @ x plus a
   per-utterance bias W_m @ mean + W_s @ std (a third of the 9216-input conv's work);
-- BatchNorm (inference) becomes one per-channel multiply-add with precomputed scale and shift.
+- BatchNorm (inference) becomes one per-channel multiply-add with precomputed scale and shift;
+- subnormal weights become zeros (see _GraphBuilder.param);
+- squeeze-excitation and attentive pooling run time-major, sums over time as MatMuls (see
+  time_major_sums and attentive_pooling).
 """
 
 from __future__ import annotations
@@ -28,9 +31,8 @@ RES2NET_SCALE = 8
 N_MELS = 80
 EMBEDDING_DIM = 192
 OPSET = 17
-# The attention's view of the frame-level features: per-tensor uint8 cannot hold this tensor's few
-# very large channels, and the softmax over time amplifies the error (cosine to fp32 drops to ~0.5).
-ATTENTION_LOCAL_CONV = "asp.tdnn.conv.local"
+# Largest |logit| of the attention for which exp() cannot overflow float32 summed over an hour of frames.
+SAFE_EXP_BOUND = 60.0
 
 
 class _GraphBuilder:
@@ -51,7 +53,11 @@ class _GraphBuilder:
         if key not in self.state:
             raise ModelError(f"checkpoint is missing tensor {key!r}: not an ECAPA-TDNN (spkrec-ecapa-voxceleb) state_dict")
         self.used.add(key)
-        return np.asarray(self.state[key], dtype=np.float32)
+        value = np.array(self.state[key], dtype=np.float32)
+        # Subnormal weights (4 % of the attention's 3072-input conv) change nothing a float32 sum can show, but
+        # every multiply by one takes a microcode assist on x86: that conv ran 7x slower than with zeros.
+        value[np.abs(value) < np.finfo(np.float32).tiny] = 0.0
+        return value
 
     def const(self, name: str, value: np.ndarray) -> str:
         tensor = self._numpy_helper.from_array(np.ascontiguousarray(value), name=name)
@@ -95,9 +101,14 @@ class _GraphBuilder:
         x = self.op("Mul", [x, self.const(f"{prefix}.scale", scale.reshape(shape))])
         return self.op("Add", [x, self.const(f"{prefix}.shift", shift.reshape(shape))])
 
-    def tdnn(self, x: str, prefix: str, dilation: int = 1) -> str:
-        """Conv -> ReLU -> BatchNorm (SpeechBrain's order: the norm comes after the activation)."""
+    def tdnn(self, x: str, prefix: str, dilation: int = 1, time_major_out: bool = False) -> str:
+        """Conv -> ReLU -> BatchNorm (SpeechBrain's order: the norm comes after the activation).
+        ``time_major_out``: return (B, T, C), transposed before the norm so that no MatMul reads a
+        Transpose directly (onnxruntime would fuse the two and then could not cancel the Transpose
+        against the channels-last layout of its int8 convs)."""
         y = self.op("Relu", [self.conv(x, f"{prefix}.conv.conv", dilation)])
+        if time_major_out:
+            return self.batchnorm(self.op("Transpose", [y], perm=[0, 2, 1]), f"{prefix}.norm.norm", rank=2)
         return self.batchnorm(y, f"{prefix}.norm.norm")
 
     def se_res2net(self, x: str, prefix: str, dilation: int) -> str:
@@ -111,47 +122,80 @@ class _GraphBuilder:
             inp = chunks[i] if i == 1 else self.op("Add", [chunks[i], outs[-1]])
             outs.append(self.tdnn(inp, f"{prefix}.res2net_block.blocks.{i - 1}", dilation))
         y = self.op("Concat", outs, axis=1)
-        y = self.tdnn(y, f"{prefix}.tdnn2")
-        # squeeze-excitation: channel gates from the utterance mean
-        s = self.op("ReduceMean", [y], axes=[2], keepdims=1)
-        s = self.op("Relu", [self.conv(s, f"{prefix}.se_block.conv1.conv")])
-        s = self.op("Sigmoid", [self.conv(s, f"{prefix}.se_block.conv2.conv")])
-        y = self.op("Mul", [y, s])
+        # squeeze-excitation: channel gates from the utterance mean, computed time-major (see time_major_sums)
+        y = self.tdnn(y, f"{prefix}.tdnn2", time_major_out=True)
+        s = self.op("MatMul", [self.time_mean, y])  # (B, 1, C)
+        s = self.op("Relu", [self.utterance_conv(s, f"{prefix}.se_block.conv1.conv")])
+        s = self.op("Sigmoid", [self.utterance_conv(s, f"{prefix}.se_block.conv2.conv")])
+        y = self.op("Transpose", [self.op("Mul", [y, s])], perm=[0, 2, 1])
         return self.op("Add", [y, x])
 
-    def mean_std(self, x: str, weights: Optional[str] = None) -> List[str]:
-        """Mean and std over time, optionally weighted (weights sum to 1 over time)."""
-        if weights is None:
-            mean = self.op("ReduceMean", [x], axes=[2], keepdims=1)
-            centred = self.op("Sub", [x, mean])
-            var = self.op("ReduceMean", [self.op("Mul", [centred, centred])], axes=[2], keepdims=1)
-        else:
-            axes = self.const(f"axes_{self._count}", np.array([2], dtype=np.int64))
-            mean = self.op("ReduceSum", [self.op("Mul", [x, weights]), axes], keepdims=1)
-            centred = self.op("Sub", [x, mean])
-            var = self.op("ReduceSum", [self.op("Mul", [self.op("Mul", [centred, centred]), weights]), axes], keepdims=1)
+    def dense(self, x: str, prefix: str, weight: Optional[np.ndarray] = None, with_bias: bool = True) -> str:
+        """A 1x1 Conv1d applied to time-major (B, T, C_in) input as one MatMul (+ bias)."""
+        if weight is None:
+            weight = self.param(f"{prefix}.weight")
+        y = self.op("MatMul", [x, self.const(f"{prefix}.weight_t", weight[:, :, 0].T)])
+        if with_bias:
+            y = self.op("Add", [y, self.const(f"{prefix}.bias", self.param(f"{prefix}.bias"))])
+        return y
+
+    def utterance_conv(self, row: str, prefix: str, weight: Optional[np.ndarray] = None, with_bias: bool = True) -> str:
+        """A 1x1 conv on one (B, 1, C) row kept a Conv (so the quantiser makes its weights int8: 9 MB less
+        model and RSS than float MatMuls) between two free Transposes of the row."""
+        if weight is None:
+            weight = self.param(f"{prefix}.weight")
+        inputs = [self.op("Transpose", [row], perm=[0, 2, 1]), self.const(f"{prefix}.weight", weight)]
+        if with_bias:
+            inputs.append(self.const(f"{prefix}.bias", self.param(f"{prefix}.bias")))
+        return self.op("Transpose", [self.op("Conv", inputs, node=prefix, kernel_shape=[1])], perm=[0, 2, 1])
+
+    def time_major_sums(self, features: str) -> None:
+        """Row vectors (B, 1, T) of ones and of 1/T: a MatMul with them sums or averages over time. On
+        time-major tensors that is one GEMV over contiguous rows, where ReduceMean over a non-last axis ran
+        10-50x slower (and worse with length)."""
+        shape = self.op("Shape", [features])
+        batch = self.op("Gather", [shape, self.const("dim_batch", np.array([0], dtype=np.int64))], axis=0)
+        frames = self.op("Gather", [shape, self.const("dim_frames", np.array([1], dtype=np.int64))], axis=0)
+        row_shape = self.op("Concat", [batch, self.const("dim_one", np.array([1], dtype=np.int64)), frames], axis=0)
+        one = self._numpy_helper.from_array(np.array([1.0], dtype=np.float32), name="one")
+        self.time_ones = self.op("ConstantOfShape", [row_shape], name="time_ones", value=one)
+        count = self.op("Cast", [frames], to=1)  # FLOAT
+        self.time_mean = self.op("Div", [self.time_ones, count], name="time_mean")
+
+    def sqrt_clamped(self, var: str) -> str:
         eps = self.const(f"eps_{self._count}", np.array(STATS_EPS, dtype=np.float32))
-        std = self.op("Sqrt", [self.op("Max", [var, eps])])
-        return [mean, std]
+        return self.op("Sqrt", [self.op("Max", [var, eps])])
 
     def attentive_pooling(self, x: str) -> str:
+        """Attentive statistics pooling on time-major (B, T, C) frames, as MatMuls (GEMV over time for every
+        sum, GEMM for the 1x1 convs) and elementwise ops: no Transpose of the 3072 x T tensor, no
+        reduction over a non-last axis. Stats are taken of y = x - mean(x), which the global context needs
+        anyway: weighted mean = mean + sum(a*y), weighted var = sum(a*y^2) - sum(a*y)^2 (exact, and with y
+        centred there is no cancellation). Returns (B, 1, 2C)."""
         channels = CHANNELS[-1]
-        mean, std = self.mean_std(x)
-        weight = self.param("asp.tdnn.conv.conv.weight")  # (128, 3*C, 1)
-        bias = self.param("asp.tdnn.conv.conv.bias")
+        mean = self.op("MatMul", [self.time_mean, x])
+        centred = self.op("Sub", [x, mean])
+        squared = self.op("Mul", [centred, centred])
+        std = self.sqrt_clamped(self.op("MatMul", [self.time_mean, squared]))
+        weight = self.param("asp.tdnn.conv.conv.weight")  # (128, 3*C, 1) over concat[x, mean, std]
         w_x, w_m, w_s = weight[:, :channels], weight[:, channels : 2 * channels], weight[:, 2 * channels :]
-        self.used.add("asp.tdnn.conv.conv.weight")
-        local = self.op(
-            "Conv", [x, self.const("asp.tdnn.w_x", w_x), self.const("asp.tdnn.bias", bias)], node=ATTENTION_LOCAL_CONV, kernel_shape=[1]
-        )
-        ctx = self.op("Conv", [mean, self.const("asp.tdnn.w_mean", w_m)], node="asp.tdnn.conv.mean", kernel_shape=[1])
-        ctx_std = self.op("Conv", [std, self.const("asp.tdnn.w_std", w_s)], node="asp.tdnn.conv.std", kernel_shape=[1])
-        ctx = self.op("Add", [ctx, ctx_std])
-        attn = self.batchnorm(self.op("Relu", [self.op("Add", [local, ctx])]), "asp.tdnn.norm.norm")
-        attn = self.conv(self.op("Tanh", [attn]), "asp.conv.conv")
-        attn = self.op("Softmax", [attn], axis=2)
-        w_mean, w_std = self.mean_std(x, attn)
-        return self.op("Concat", [w_mean, w_std], axis=1)  # (B, 2C, 1)
+        local = self.dense(x, "asp.tdnn.conv.conv", w_x)  # with the conv's bias
+        ctx = self.op("Add", [self.utterance_conv(mean, "asp.tdnn.conv.mean", w_m, False),
+                              self.utterance_conv(std, "asp.tdnn.conv.std", w_s, False)])
+        attn = self.batchnorm(self.op("Relu", [self.op("Add", [local, ctx])]), "asp.tdnn.norm.norm", rank=2)
+        logits = self.dense(self.op("Tanh", [attn]), "asp.conv.conv")
+        # Softmax over time, unnormalised: logits are bounded by |W| |tanh| + |b| (30 for this checkpoint), so
+        # exp needs no max-subtraction pass unless a checkpoint's bound could overflow float32.
+        weight2, bias2 = self.param("asp.conv.conv.weight"), self.param("asp.conv.conv.bias")
+        if float(np.max(np.abs(weight2).sum(axis=(1, 2)) + np.abs(bias2))) > SAFE_EXP_BOUND:
+            logits = self.op("Sub", [logits, self.op("ReduceMax", [logits], axes=[1], keepdims=1)])
+        weights = self.op("Exp", [logits])
+        total = self.op("MatMul", [self.time_ones, weights])
+        shift = self.op("Div", [self.op("MatMul", [self.time_ones, self.op("Mul", [weights, centred])]), total])
+        second = self.op("Div", [self.op("MatMul", [self.time_ones, self.op("Mul", [weights, squared])]), total])
+        w_mean = self.op("Add", [mean, shift])
+        w_std = self.sqrt_clamped(self.op("Sub", [second, self.op("Mul", [shift, shift])]))
+        return self.op("Concat", [w_mean, w_std], axis=2)
 
 
 def build_ecapa_model(state: Mapping[str, np.ndarray], metadata: Optional[Dict[str, str]] = None):
@@ -159,16 +203,18 @@ def build_ecapa_model(state: Mapping[str, np.ndarray], metadata: Optional[Dict[s
     from onnx import TensorProto, checker, helper
 
     g = _GraphBuilder(state)
+    g.time_major_sums("features")
     x = g.op("Transpose", ["features"], perm=[0, 2, 1])  # (B, 80, T)
     x = g.tdnn(x, "blocks.0", DILATIONS[0])
     block_outputs = []
     for i in range(1, len(CHANNELS) - 1):
         x = g.se_res2net(x, f"blocks.{i}", DILATIONS[i])
         block_outputs.append(x)
-    x = g.tdnn(g.op("Concat", block_outputs, axis=1), "mfa")
-    pooled = g.batchnorm(g.attentive_pooling(x), "asp_bn.norm")
-    emb = g.conv(pooled, "fc.conv")  # (B, 192, 1)
-    axes = g.const("squeeze_axes", np.array([2], dtype=np.int64))
+    # Time-major from here: onnxruntime runs its int8 convs channels-last, so this Transpose cancels its own.
+    x = g.tdnn(g.op("Concat", block_outputs, axis=1), "mfa", time_major_out=True)
+    pooled = g.batchnorm(g.attentive_pooling(x), "asp_bn.norm", rank=2)
+    emb = g.utterance_conv(pooled, "fc.conv")  # (B, 1, 192)
+    axes = g.const("squeeze_axes", np.array([1], dtype=np.int64))
     g.op("Squeeze", [emb, axes], name="embedding")
 
     unused = sorted(set(state) - g.used)

@@ -90,6 +90,17 @@ def test_bench_json_rows(int8_model: Path) -> None:
     assert row["model"] == "int8" and row["clip_s"] == 3 and row["threads"] == 1
     assert row["median_ms"] > 0 and row["rtf"] == pytest.approx(row["median_ms"] / 3000, rel=0.01)
     assert out["models"]["int8"]["file_mb"] < 25
+    assert row["cpu_median_ms"] > 0 and row["ms_per_audio_s"] == pytest.approx(row["median_ms"] / 3, rel=0.01)
+    assert out["floor"]["gmac_per_s"] > 0 and out["cpu_int8"]["int8_path"]
+
+
+def test_bench_text_output(int8_model: Path) -> None:
+    """The human-readable table, with a multi-thread row (no CPU-time figure there)."""
+    result = edgeverify("bench", "--models", "int8", "--clips", "1", "--threads", "1,2", "--runs", "1", "--no-rss")
+    assert result.returncode == 0, result.stderr
+    assert "int8 floor:" in result.stdout and "int8 path:" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:2] == ["int8", "1"]]
+    assert [row[2] for row in rows] == ["1", "2"]
 
 
 def test_model_info_metadata(int8_model: Path) -> None:

@@ -1,19 +1,25 @@
-"""`edgeverify bench`: latency, real-time factor, load time, peak RSS and size of each model."""
+"""`edgeverify bench`: latency, real-time factor, the same run's int8 floor, load time, RSS and model size."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("bench", help="measure per-clip latency, RTF, load time, peak RSS, model size")
+    parser = sub.add_parser("bench", help="measure per-clip latency, RTF, int8 floor, load time, RSS, model size")
     parser.add_argument("--json", action="store_true", help="print one JSON object with a 'rows' list")
     parser.add_argument("--models", default="int8,fp32", help="comma-separated models to measure (default int8,fp32)")
-    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    parser.add_argument("--threads", default="1,2,4", help="comma-separated thread counts (default 1,2,4)")
     parser.add_argument("--clips", default="3,10", help="comma-separated clip lengths in seconds (default 3,10)")
     parser.add_argument("--runs", type=int, default=15, help="timed runs per 3 s cell (longer clips: a third)")
-    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS measurement of `edgeverify verify`")
+    parser.add_argument("--no-rss", action="store_true", help="skip the RSS measurements (verify, service process)")
+    parser.add_argument(
+        "--speechbrain-python", default=None, metavar="PYTHON",
+        help="python of a separate venv with torch + speechbrain: also time SpeechBrain's pipeline in this run",
+    )
+    parser.add_argument("--checkpoint", type=Path, default=None, help="embedding_model.ckpt for --speechbrain-python")
     parser.set_defaults(func=run)
 
 
@@ -26,18 +32,28 @@ def run(args: argparse.Namespace) -> int:
         threads=[int(t) for t in args.threads.split(",") if t],
         runs=args.runs,
         measure_rss=not args.no_rss,
+        speechbrain_python=args.speechbrain_python,
+        checkpoint=args.checkpoint,
     )
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"CPU: {result['cpu']}")
+    cpu = result["cpu_int8"]
+    print(f"CPU: {result['cpu']} ({cpu['cores']} cores), int8 path: {cpu['int8_path']}")
+    floor = result["floor"]
+    print(f"int8 floor: {floor['conv']}: {floor['conv_cpu_ms']} ms = {floor['gmac_per_s']} GMAC/s"
+          + (f"; ECAPA {floor['ecapa_gmac_3s']} GMAC per 3 s -> floor {floor['floor_ms_3s']} ms" if "floor_ms_3s" in floor else ""))
     for name, info in result["models"].items():
-        print(f"{name}: {info['file_mb']} MB, load {info['load_ms']} ms, verify peak RSS {info.get('verify_peak_rss_mb')} MB")
-    print(f"{'model':6} {'clip_s':>6} {'thr':>3} {'median_ms':>10} {'p90_ms':>8} {'rtf':>8} {'x torch':>8}")
+        print(f"{name}: {info['file_mb']} MB, load {info['load_ms']} ms, verify peak RSS {info.get('verify_peak_rss_mb')} MB, "
+              f"service RSS {info.get('service_rss')}")
+    if "speechbrain" in result:
+        print(f"SpeechBrain: {result['speechbrain']}")
+    print(f"{'model':6} {'clip_s':>6} {'thr':>3} {'median_ms':>10} {'cpu_ms':>8} {'p90_ms':>8} {'ms/s':>7} {'rtf':>8}")
     for row in result["rows"]:
-        ratio = row["speedup_vs_torch_3s"]
+        cpu_ms = "" if row["cpu_median_ms"] is None else f"{row['cpu_median_ms']:.2f}"  # one thread only
         print(
-            f"{row['model']:6} {row['clip_s']:6.0f} {row['threads']:3d} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} "
-            f"{row['rtf']:8.4f} {'' if ratio is None else f'{ratio:.2f}x':>8}"
+            f"{row['model']:6} {row['clip_s']:6.0f} {row['threads']:3d} {row['median_ms']:10.2f} {cpu_ms:>8} "
+            f"{row['p90_ms']:8.2f} {row['ms_per_audio_s']:7.2f} {row['rtf']:8.4f}"
         )
+    print("ratios (1 thread, CPU time): " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
     return 0
