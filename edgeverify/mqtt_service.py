@@ -130,6 +130,7 @@ class MqttService:
         self._net_beat = time.monotonic()  # last sign of life of the network loop (any packet in/out)
         self._net_error: Optional[str] = None  # last socket error paho reported (the cause of a drop)
         self._conn_state = ""
+        self._online_at = 0.0
         self._stopping = False
         self._lock = threading.Lock()
         self._in_hand: dict[bytes, _Job] = {}  # request_key -> queued or running job
@@ -236,7 +237,7 @@ class MqttService:
             qos = self.config.mqtt.qos
             subs = [(f"{self.request_topic}/#", qos)] + ([(self.shared_topic, qos)] if self.shared_topic else [])
             client.subscribe(subs)
-            client.publish(self.availability_topic, "online", qos=1, retain=True)
+            self._publish_online(client)
             self._publish_discovery(client)
             self.connected.set()
             self._net_error = None
@@ -245,6 +246,23 @@ class MqttService:
                                  logging.INFO)
         except Exception:
             log.exception("mqtt on_connect failed")
+
+    def _publish_online(self, client: mqtt.Client) -> None:
+        """Retained `online` that expires (v5 Message Expiry, 2 x keepalive) unless refreshed: a broker that
+        restarts from its database after a crash (no will sent) cannot keep claiming a daemon that is gone.
+        The worker refreshes it (run()), so a hung worker stops claiming too."""
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = 2 * self.config.mqtt.keepalive
+        client.publish(self.availability_topic, "online", qos=1, retain=True, properties=props)
+        self._online_at = time.monotonic()
+
+    def _refresh_online(self) -> None:
+        c = self._client
+        if c is not None and self.connected.is_set() and time.monotonic() - self._online_at >= self.config.mqtt.keepalive / 2:
+            try:
+                self._publish_online(c)
+            except Exception:
+                log.exception("could not refresh availability")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()
@@ -359,6 +377,7 @@ class MqttService:
                     log.exception("request on %s failed", printable(job.topic))
                 finally:
                     self._forget(job)
+            self._refresh_online()
             on_tick()
         self._drain()
 
