@@ -153,6 +153,8 @@ def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
     if kind not in REQUEST_TYPES:
         raise RequestError(f"'type' must be one of {', '.join(REQUEST_TYPES)}, got {kind!r}")
     req = Request(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "profile")})
+    if req.reply_to is not None and not isinstance(obj.get("reply_to"), str):
+        raise RequestError("'reply_to' must be a string (an MQTT topic)")
     req.threshold = _opt_float(obj, "threshold", -1.0, 1.0)
     req.seconds = _opt_float(obj, "seconds", 0.5, 60.0)
     if kind in ("verify", "verify_profile", "identify"):
@@ -193,9 +195,11 @@ def salvage_meta(
                 payload = None
         src = payload if isinstance(payload, Mapping) else {}
     meta: dict[str, Any] = {"type": kind or src.get("type")}
-    for k in META_FIELDS + ("reply_to",):
+    for k in META_FIELDS:
         v = src.get(k)
         meta[k] = _cut(str(v)) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+    reply_to = src.get("reply_to")
+    meta["reply_to"] = reply_to if isinstance(reply_to, str) else None  # a topic: never cut or coerced
     for key, out in (("first", "first_file"), ("second", "second_file")):
         clip = src.get(key)
         meta[out] = _cut(clip["name"]) if isinstance(clip, Mapping) and isinstance(clip.get("name"), str) else None
