@@ -28,6 +28,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import __version__
 from .config import Config
@@ -234,8 +235,9 @@ class MqttService:
             if reason.is_failure:
                 self._set_conn_state(f"connection refused by the broker: {reason}", logging.ERROR)
                 return
-            qos = self.config.mqtt.qos
-            subs = [(f"{self.request_topic}/#", qos)] + ([(self.shared_topic, qos)] if self.shared_topic else [])
+            # retained requests are never replayed at (re)subscription: one would be re-run on every reconnect
+            opts = SubscribeOptions(qos=self.config.mqtt.qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            subs = [(f"{self.request_topic}/#", opts)] + ([(self.shared_topic, opts)] if self.shared_topic else [])
             client.subscribe(subs)
             self._publish_online(client)
             self._publish_discovery(client)

@@ -79,6 +79,12 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> Optional[str]:
     return _cut(str(v))
 
 
+def _shown(v: Any, limit: int = 80) -> str:
+    """A hostile value quoted in an error message: repr, cut."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _cut(s: str) -> str:
     return s if len(s) <= MAX_META_CHARS else s[:MAX_META_CHARS]
 
@@ -151,7 +157,7 @@ def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
         raise RequestError("payload must be a JSON object")
     kind = obj.get("type")
     if kind not in REQUEST_TYPES:
-        raise RequestError(f"'type' must be one of {', '.join(REQUEST_TYPES)}, got {kind!r}")
+        raise RequestError(f"'type' must be one of {', '.join(REQUEST_TYPES)}, got {_shown(kind)}")
     req = Request(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "profile")})
     if req.reply_to is not None and not isinstance(obj.get("reply_to"), str):
         raise RequestError("'reply_to' must be a string (an MQTT topic)")
@@ -169,7 +175,7 @@ def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
 def parse_raw_request(kind: str, payload: bytes, props: Mapping[str, str]) -> Request:
     """Raw audio bytes on request/<kind>; metadata from v5 user properties."""
     if kind not in RAW_TYPES:
-        raise RequestError(f"raw audio requests go to request/identify or request/verify_profile, not {kind!r}")
+        raise RequestError(f"raw audio requests go to request/identify or request/verify_profile, not {_shown(kind)}")
     req = Request(type=kind, **{k: _opt_str(props, k) for k in META_FIELDS + ("reply_to", "profile")})
     req.threshold = _opt_float(props, "threshold", -1.0, 1.0)
     req.first = Clip(name=_cut(props.get("name") or "audio"), data=bytes(payload))

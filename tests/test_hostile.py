@@ -262,6 +262,10 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
 
 def test_reply_topic_policy_and_allow_list(tmp_path: Path, fbroker: Broker, int8_model: Path, state_dir: Path,
                                            clips: dict) -> None:
+    planted = Hub(fbroker.port)  # a retained request must not be run at every (re)subscription
+    planted.client.publish(f"{PREFIX}/pol1/request", encode_request("identify", _b(clips["vctk-p226"][2])),
+                           qos=1, retain=True, properties=_corr_props(b"retained")).wait_for_publish(10)
+    planted.close()
     d = DaemonProcess(tmp_path, fbroker.port, int8_model, state_dir, "pol1", limits={"queue_size": 16},
                       reply_topics=["hub/answers/#"])
     spy = Hub(fbroker.port)
@@ -289,10 +293,20 @@ def test_reply_topic_policy_and_allow_list(tmp_path: Path, fbroker: Broker, int8
                 assert body["request_id"] == "p"
         [(where, body)] = got[b"json-reply-to"]
         assert where == f"{d.base}/response" and body["error"]["code"] == "bad_reply_topic", body
+        assert b"retained" not in got
     finally:
         spy.close()
         assert d.stop() == 0
     assert "refused" in d.log_path.read_text()
+
+
+def _corr_props(corr: bytes) -> Any:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.CorrelationData = corr
+    return props
 
 
 DRIVER = '''
