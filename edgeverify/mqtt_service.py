@@ -126,7 +126,8 @@ class MqttService:
         self.duplicates = 0  # redeliveries answered from the cache / merged with the request in hand
         self.refused_replies = 0  # reply topics refused by the policy (answered on the default topic)
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=config.limits.queue_size)
-        self._client: Optional[mqtt.Client] = None
+        self._client: Optional[mqtt.Client] = None  # None once stopping: nothing new is published
+        self._paho: Optional[mqtt.Client] = None  # kept until disconnected: late acks still go out
         self._net_thread: Optional[threading.Thread] = None
         self._net_beat = time.monotonic()  # last sign of life of the network loop (any packet in/out)
         self._net_error: Optional[str] = None  # last socket error paho reported (the cause of a drop)
@@ -162,7 +163,7 @@ class MqttService:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         self._wrap_reconnect(c)
-        self._client = c
+        self._client = self._paho = c
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
         log.info("connecting to mqtt%s://%s:%d as %s (session expiry %d s)", "s" if m.tls else "", m.host, m.port,
@@ -198,12 +199,16 @@ class MqttService:
         if c is None:
             return
         if self.connected.is_set():
-            try:
+            try:  # the broker answers in order: the replies' PUBACKs (and so our acks) come first
                 c.publish(self.availability_topic, "offline", qos=1, retain=True).wait_for_publish(timeout)
             except (RuntimeError, ValueError) as exc:
                 log.warning("could not publish offline: %s", exc)
+            deadline = time.monotonic() + timeout
+            while self.acks.waiting and time.monotonic() < deadline:
+                time.sleep(0.02)
         c.disconnect()
         c.loop_stop()
+        self._paho = None
         self.connected.clear()
 
     @property
@@ -283,7 +288,7 @@ class MqttService:
             log.exception("mqtt on_publish failed")
 
     def _send_ack(self, mid: int, qos: int) -> None:
-        c = self._client
+        c = self._paho
         if c is not None:
             c.ack(mid, qos)  # queued while offline is dropped: the broker redelivers, the cache answers
 

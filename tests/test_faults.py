@@ -111,6 +111,8 @@ def test_daemon_killed_and_stopped_with_requests_queued(tmp_path: Path, pbroker:
         ledger.collect(set(first + second + down))
         ledger.drain(1.0)
         ledger.check_consistent()
+        for corr in second + down:  # a clean stop acknowledges what it answered: no repeats at all
+            assert len(ledger.replies[corr]) == 1, (ledger.sent[corr], ledger.replies[corr])
         for corr in first + second + down:
             assert all(r["ok"] and r["speaker"] == "alice" for r in ledger.replies[corr]), ledger.replies[corr]
     finally:
