@@ -34,6 +34,7 @@ from . import __version__
 from .config import Config
 from .delivery import Ack, AckLedger, CachedReply, ReplyCache, request_key
 from .errors import EdgeVerifyError, RequestError
+from .mqtt_guard import guard_publish, tolerate_bom
 from .protocol import (
     BAD_REPLY_TOPIC,
     BUSY,
@@ -163,6 +164,8 @@ class MqttService:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         self._wrap_reconnect(c)
+        tolerate_bom()  # one message paho cannot decode must not become a disconnect loop (mqtt_guard.py)
+        guard_publish(c, self._dropped)
         self._client = self._paho = c
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
@@ -286,6 +289,9 @@ class MqttService:
             self.acks.published(mid)
         except Exception:
             log.exception("mqtt on_publish failed")
+
+    def _dropped(self, topic: str, exc: BaseException) -> None:
+        self.errors += 1
 
     def _send_ack(self, mid: int, qos: int) -> None:
         c = self._paho

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import paho.mqtt.client as mqtt
 
+from edgeverify.mqtt_guard import guard_publish, tolerate_bom
+
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
 
@@ -118,6 +120,8 @@ class Hub:
         )
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.on_connect = self._on_connect
+        tolerate_bom()  # paho's own clients would otherwise drop the connection on hostile fuzz messages
+        guard_publish(self.client)
         self.client.reconnect_delay_set(1, 2)
         if tls:
             self.client.tls_set(ca_certs=tls.get("cafile"), certfile=tls.get("certfile"), keyfile=tls.get("keyfile"))

@@ -45,7 +45,7 @@ PROTECTED = [f"{BASE}/request", f"{BASE}/request/identify", f"{BASE}/state", f"{
              "$share/g/edgeverify/request", "zigbee2mqtt/front_door/set", "cmnd/plug/POWER"]
 HOSTILE_STRINGS = ["", "\x00", "a\x01b", "\x1f", "x\x7f", "\x85", "\x9f", "\ufffe", "\uffff", "\U0001fffe", "\ufdd0",
                    "\ud800", "\udfff", "a\ud83d", "#", "+", "a/+/b", "a/#", "/", "//", "$SYS", "\u202e\u200b",
-                   "\U0001f600" * 500, "x" * 70000, "../../etc/passwd", "%s%n", "null", "\\", '"', "\u0000/\u0000"]
+                   "\U0001f600" * 500, "\ufeff", "a\ufeffb", "x" * 70000, "../../etc/passwd", "%s%n", "null", "\\", '"', "\u0000/\u0000"]
 
 
 def _valid_str(s: str) -> bool:
@@ -221,6 +221,7 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
             _daemon_replies(spy, replies, 2.0)
         assert d.proc.poll() is None, d.log_path.read_text()[-5000:]
         missing = set(sent) - set(replies)
+        (tmp_path / "broker.log").write_text(fbroker.log())  # kept for a post-mortem
         assert not missing, f"{len(missing)} unanswered, e.g. {sorted(missing)[:5]}"
         twice = {c: r for c, r in replies.items() if len(r) > 1}
         assert not twice, list(twice.items())[:3]
