@@ -56,6 +56,7 @@ paho_log = logging.getLogger("edgeverify.paho")
 
 MAX_USER_PROPERTIES = 64  # more are ignored (metadata needs ~10)
 NOT_CACHED = (BUSY, INTERNAL)  # transient answers: a retry must be computed again
+CACHE_MAX_BYTES = 64 * 1024  # bigger replies (huge correlation data) are not kept: 256 x this at most
 
 
 class Handler(Protocol):
@@ -501,7 +502,8 @@ class MqttService:
         corr = getattr(job.properties, "CorrelationData", None)
         payload = json.dumps(body).encode()  # ensure_ascii: lone surrogates from hostile input are escaped
         with self._lock:  # cache before the ack can go out, so a redelivery finds the answer
-            if job.key is not None and body.get("error", {}).get("code") not in NOT_CACHED:
+            size = len(payload) + len(corr or b"")
+            if job.key is not None and body.get("error", {}).get("code") not in NOT_CACHED and size <= CACHE_MAX_BYTES:
                 self.cache.put(job.key, CachedReply(topic, payload, corr))
             if job.key is not None and self._in_hand.get(job.key) is job:
                 del self._in_hand[job.key]
