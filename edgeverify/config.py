@@ -211,6 +211,8 @@ def _mqtt(d: dict[str, Any]) -> MqttConfig:
     c.shared_group = _opt(_str, p + "shared_group", d.get("shared_group"), _ID_RE, "a name of [A-Za-z0-9_-]")
     if "discovery_prefix" in d:
         c.discovery_prefix = _opt(_str, p + "discovery_prefix", d["discovery_prefix"], _TOPIC_RE, "a topic or null")
+        if c.discovery_prefix is not None and (topic_problem(c.discovery_prefix) or c.discovery_prefix.startswith("$")):
+            raise _fail(p + "discovery_prefix", "must be a valid topic not starting with $, or null", c.discovery_prefix)
     if "reconnect_min_s" in d:
         c.reconnect_min_s = _num(p + "reconnect_min_s", d["reconnect_min_s"], 0.1, 600)
     if "reconnect_max_s" in d:

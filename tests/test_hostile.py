@@ -164,6 +164,13 @@ class Fuzzer:
         return f"{BASE}/request", self.json_request(), kw
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 @pytest.fixture(scope="module")
 def fbroker() -> Any:
     with Broker() as b:
@@ -191,6 +198,7 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
     try:
         spy.subscribe("#")
         f = Fuzzer(seed=int(os.environ.get("EDGEVERIFY_FUZZ_SEED", "10")))
+        rss_before = _rss_mb(d.proc.pid)
         sent: dict[bytes, tuple[str, Any]] = {}
         offered: set[str] = set()
         replies: dict[bytes, list[tuple[str, dict]]] = {}
@@ -235,7 +243,9 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
             code = "ok" if body["ok"] else body["error"]["code"]
             codes[code] = codes.get(code, 0) + 1
         assert codes.get("bad_reply_topic", 0) > 0 and codes.get("bad_request", 0) > 0, codes
-        print(f"fuzzed {len(sent)} messages; answers by code: {codes}")
+        rss_mb = _rss_mb(d.proc.pid)
+        print(f"fuzzed {len(sent)} messages; answers by code: {codes}; daemon RSS {rss_before:.0f} -> {rss_mb:.0f} MB")
+        assert rss_mb < 512, "over the unit's MemoryMax=512M"
 
         # still serving, right, on one connection, with the watchdog pinging
         a = clips["vctk-p225"]
