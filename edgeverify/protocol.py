@@ -161,6 +161,7 @@ def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
     req = Request(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "profile")})
     if req.reply_to is not None and not isinstance(obj.get("reply_to"), str):
         raise RequestError("'reply_to' must be a string (an MQTT topic)")
+    req.reply_to = obj.get("reply_to")  # a topic is never cut: a cut topic is another topic
     req.threshold = _opt_float(obj, "threshold", -1.0, 1.0)
     req.seconds = _opt_float(obj, "seconds", 0.5, 60.0)
     if kind in ("verify", "verify_profile", "identify"):
@@ -177,6 +178,7 @@ def parse_raw_request(kind: str, payload: bytes, props: Mapping[str, str]) -> Re
     if kind not in RAW_TYPES:
         raise RequestError(f"raw audio requests go to request/identify or request/verify_profile, not {_shown(kind)}")
     req = Request(type=kind, **{k: _opt_str(props, k) for k in META_FIELDS + ("reply_to", "profile")})
+    req.reply_to = props.get("reply_to")  # never cut (see parse_request)
     req.threshold = _opt_float(props, "threshold", -1.0, 1.0)
     req.first = Clip(name=_cut(props.get("name") or "audio"), data=bytes(payload))
     if kind == "verify_profile" and not req.profile:

@@ -291,9 +291,12 @@ def test_reply_topic_policy_and_allow_list(tmp_path: Path, fbroker: Broker, int8
         # MQTT 3.1.1 style: JSON reply_to
         spy.publish(f"{d.base}/request", encode_request("identify", _b(a[1]), reply_to=f"{PREFIX}/x/availability"),
                     correlation=b"json-reply-to")
+        # over 65,535 bytes: refused, never cut down to a (different) valid topic
+        spy.publish(f"{d.base}/request", encode_request("identify", _b(a[1]), reply_to="hub/answers/" + "x" * 70_000),
+                    correlation=b"too-long")
         got: dict[bytes, list[tuple[str, dict]]] = {}
         deadline = time.monotonic() + 60
-        while len(got) < len(cases) + 1 and time.monotonic() < deadline:
+        while len(got) < len(cases) + 2 and time.monotonic() < deadline:
             _daemon_replies(spy, got, 2.0)
         for corr, topic in cases.items():
             [(where, body)] = got[corr]
@@ -303,6 +306,8 @@ def test_reply_topic_policy_and_allow_list(tmp_path: Path, fbroker: Broker, int8
                 assert where == f"{d.base}/response" and body["error"]["code"] == "bad_reply_topic", (where, body)
                 assert body["request_id"] == "p"
         [(where, body)] = got[b"json-reply-to"]
+        assert where == f"{d.base}/response" and body["error"]["code"] == "bad_reply_topic", body
+        [(where, body)] = got[b"too-long"]
         assert where == f"{d.base}/response" and body["error"]["code"] == "bad_reply_topic", body
         assert b"retained" not in got
     finally:

@@ -83,6 +83,9 @@ def test_metadata_echo_is_safe() -> None:
     assert len(meta["request_id"]) == MAX_META_CHARS and meta["reply_to"] is None  # a number is no topic
     body = Response(ok=False, meta=meta, error_code="x").to_json("dev")  # lone surrogates escaped, not fatal
     assert json.loads(body)["requestor_id"] == "\ud800\x01"
+    long_topic = {"type": "capture", "reply_to": "x" * 70_000}
+    assert parse_request(json.dumps(long_topic).encode()).reply_to == "x" * 70_000  # refused later, never cut
+    assert salvage_meta(long_topic, {})["reply_to"] == "x" * 70_000
     with pytest.raises(RequestError, match="reply_to"):
         parse_request(raw.replace(b'"r' + b"r" * 99_999 + b'"', b'"1"'))
 
