@@ -208,7 +208,7 @@ install_dev() {
         # what the tests exercise for real: a broker, the PulseAudio virtual microphone, systemd-analyze,
         # and the headers systemd-python compiles against
         apt_install python3-venv mosquitto mosquitto-clients pulseaudio pulseaudio-utils libportaudio2 \
-            libasound2-plugins systemd libsystemd-dev pkg-config gcc python3-dev
+            libasound2-plugins systemd libsystemd-dev pkg-config gcc python3-dev openssl
     elif ! is_root; then
         say "not root: skipping system packages (tests that need mosquitto/pulseaudio/systemd-analyze skip if absent)"
     fi

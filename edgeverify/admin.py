@@ -11,7 +11,6 @@ feedback as `edgeverify enroll` (enrollment.enroll). Every request is logged: wh
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -23,7 +22,7 @@ from .config import AdminConfig
 from .enrollment import EnrollmentReport, enroll
 from .errors import AdminDisabledError, EdgeVerifyError, RequestError
 from .profiles import check_name
-from .protocol import META_FIELDS, Clip, Response, _clip, _opt_str, error_response
+from .protocol import META_FIELDS, Clip, Response, _clip, _opt_str, error_response, load_json
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +57,16 @@ class AdminRequest:
 
 def parse_admin_request(payload: bytes, max_clips: int) -> AdminRequest:
     """RequestError for anything malformed (never another exception)."""
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise RequestError("payload is not valid JSON") from None
+    obj = load_json(payload)  # bounded: hostile nesting is a RequestError, never a RecursionError
     if not isinstance(obj, dict):
         raise RequestError("payload must be a JSON object")
     kind = obj.get("type")
     if kind not in ADMIN_TYPES:
         raise RequestError(f"admin 'type' must be one of {', '.join(ADMIN_TYPES)}, got {kind!r}")
     req = AdminRequest(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "name")})
+    if req.reply_to is not None and not isinstance(obj.get("reply_to"), str):
+        raise RequestError("'reply_to' must be a string (an MQTT topic)")
+    req.reply_to = obj.get("reply_to")  # a topic is never cut: a cut topic is another topic
     if kind in ("enroll", "forget"):
         if not req.name:
             raise RequestError(f"'name' is required for {kind}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import ConfigError
+from .topics import filter_problem, topic_problem
 from .vad import DEFAULT_VAD_MODE, VAD_MODES
 
 DEFAULT_CONFIG_PATH = "/etc/edgeverify/config.yaml"
@@ -49,6 +50,10 @@ class MqttConfig:
     discovery_prefix: Optional[str] = "homeassistant"  # null disables Home Assistant discovery
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    certfile: Optional[str] = None  # client certificate (PEM) for brokers that require one (mTLS)
+    keyfile: Optional[str] = None  # its private key (PEM, unencrypted); default: inside certfile
+    session_expiry_s: int = 3600  # broker keeps our subscriptions + unanswered requests this long; 0 = none
+    reply_topics: list[str] = field(default_factory=list)  # topic filters replies may go to; [] = any allowed
 
     def secret(self) -> Optional[str]:
         """The password, read from password_file when given (file content, trailing newline stripped)."""
@@ -214,12 +219,15 @@ def _mqtt(d: dict[str, Any]) -> MqttConfig:
         if not os.path.isfile(c.ca_file):
             raise _fail(p + "ca_file", "must be an existing CA certificate file", c.ca_file)
         c.tls = True
+    _tls_files(c, d)
     c.client_id = _opt(_str, p + "client_id", d.get("client_id"))
+    if c.client_id is not None and (string_problem := topic_problem(c.client_id)) is not None:
+        raise _fail(p + "client_id", f"must be a valid MQTT string ({string_problem})", c.client_id)
     if "topic_prefix" in d:
         c.topic_prefix = _str(p + "topic_prefix", d["topic_prefix"], _TOPIC_RE, "a topic without + # or NUL")
         c.topic_prefix = c.topic_prefix.strip("/")
-        if not c.topic_prefix or c.topic_prefix.startswith("$"):
-            raise _fail(p + "topic_prefix", "must be a topic not starting with $", d["topic_prefix"])
+        if not c.topic_prefix or c.topic_prefix.startswith("$") or topic_problem(c.topic_prefix):
+            raise _fail(p + "topic_prefix", "must be a valid topic not starting with $", d["topic_prefix"])
     if "qos" in d:
         c.qos = _int(p + "qos", d["qos"], 0, 2)
     if "keepalive" in d:
@@ -227,11 +235,53 @@ def _mqtt(d: dict[str, Any]) -> MqttConfig:
     c.shared_group = _opt(_str, p + "shared_group", d.get("shared_group"), _ID_RE, "a name of [A-Za-z0-9_-]")
     if "discovery_prefix" in d:
         c.discovery_prefix = _opt(_str, p + "discovery_prefix", d["discovery_prefix"], _TOPIC_RE, "a topic or null")
+        if c.discovery_prefix is not None and (topic_problem(c.discovery_prefix) or c.discovery_prefix.startswith("$")):
+            raise _fail(p + "discovery_prefix", "must be a valid topic not starting with $, or null", c.discovery_prefix)
     if "reconnect_min_s" in d:
         c.reconnect_min_s = _num(p + "reconnect_min_s", d["reconnect_min_s"], 0.1, 600)
     if "reconnect_max_s" in d:
         c.reconnect_max_s = _num(p + "reconnect_max_s", d["reconnect_max_s"], c.reconnect_min_s, 3600)
+    if "session_expiry_s" in d:
+        c.session_expiry_s = _int(p + "session_expiry_s", d["session_expiry_s"], 0, 0xFFFFFFFF)
+    topics = d.get("reply_topics")
+    if topics is not None:
+        if not isinstance(topics, list):
+            raise _fail(p + "reply_topics", "must be a list of topic filters", topics)
+        for i, t in enumerate(topics):
+            problem = filter_problem(t)
+            if problem is not None:
+                raise _fail(f"{p}reply_topics[{i}]", f"must be an MQTT topic filter ({problem})", t)
+        c.reply_topics = list(topics)
     return c
+
+
+def _tls_files(c: MqttConfig, d: dict[str, Any]) -> None:
+    """certfile/keyfile: readable, and a matching unencrypted pair -- checked now, not at the first connect."""
+    p = "mqtt."
+    c.certfile = _opt(_str, p + "certfile", d.get("certfile"))
+    c.keyfile = _opt(_str, p + "keyfile", d.get("keyfile"))
+    if c.keyfile and not c.certfile:
+        raise _fail(p + "keyfile", "needs mqtt.certfile (the client certificate) as well", c.keyfile)
+    if not c.certfile:
+        return
+    for key in ("certfile", "keyfile"):
+        path = getattr(c, key)
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise _fail(p + key, "must be a readable PEM file", path)
+    import ssl
+
+    def no_passphrase() -> str:
+        raise ConfigError(f"{p}keyfile: the private key is encrypted; the service cannot prompt for a passphrase")
+
+    try:
+        ssl.create_default_context().load_cert_chain(c.certfile, c.keyfile, password=no_passphrase)
+    except ConfigError:
+        raise
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        key = "keyfile" if c.keyfile else "certfile"
+        raise _fail(p + key, f"certificate/key pair not usable ({getattr(exc, 'reason', None) or exc})",
+                    getattr(c, key)) from None
+    c.tls = True
 
 
 def _limits(d: dict[str, Any]) -> LimitsConfig:

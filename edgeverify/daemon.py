@@ -47,6 +47,8 @@ class Daemon:
         self._wyoming: Any = None  # wyoming_proxy.ProxyThread when wyoming.enabled
         self._mic_retry_at = 0.0
         self._last_ping = 0.0
+        self._liveness = None  # what stops the watchdog pings (logged once per change)
+        self._exit_code = 0
         self.watchdog_s = notify.watchdog_interval()
 
     # -- signals ---------------------------------------------------------------------------------
@@ -97,22 +99,43 @@ class Daemon:
                 self._wyoming.stop()
             self.service.stop()
             log.info("stopped after %d request(s)", self.service.handled)
-        return 0
+        return self._exit_code
 
     def _status_text(self) -> str:
         s = self.service
         mqtt_state = "connected" if s.connected.is_set() else "connecting"
         mic = "" if not self.config.microphone.enabled else (", mic on" if self._mic is not None else ", mic unavailable")
+        extra = "".join(f", {n} {what}" for n, what in ((s.expired, "expired"), (s.duplicates, "repeat(s)"),
+                                                         (s.refused_replies, "reply topic(s) refused")) if n)
         wyo = "" if self._wyoming is None else f", wyoming {self._wyoming.proxy.decisions} decision(s)"
         return (
             f"{mqtt_state}; model {self.verifier.model_name}; {len(self.store.list())} profile(s); "
-            f"{s.handled} request(s), {s.errors} error(s){mic}{wyo}"
+            f"{s.handled} request(s), {s.errors} error(s){extra}{mic}{wyo}"
         )
+
+    def _alive(self) -> bool:
+        """Both loops make progress: this worker loop (we are in it) and the MQTT network loop.
+
+        A dead network thread ends the service (exit 1, systemd restarts it; unacknowledged requests are
+        redelivered); a stuck one only stops the watchdog pings, so systemd kills and restarts it.
+        """
+        problem = self.service.liveness_problem()
+        if problem != self._liveness:
+            self._liveness = problem
+            if problem is not None:
+                log.error("%s: watchdog pings stopped", problem)
+                notify.status(problem)
+            else:
+                log.info("mqtt network loop alive again: watchdog pings resumed")
+        if self.service.network_dead:
+            self._stop, self._exit_code = True, 1
+        return problem is None
 
     def _on_tick(self) -> None:
         """Runs in the worker loop after every job and at least every tick: a hung loop stops the pings."""
         now = time.monotonic()
-        if self.watchdog_s is not None and now - self._last_ping >= self.watchdog_s / 3:
+        alive = self._alive()
+        if alive and self.watchdog_s is not None and now - self._last_ping >= self.watchdog_s / 3:
             notify.watchdog()
             notify.status(self._status_text())
             self._last_ping = now

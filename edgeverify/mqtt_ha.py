@@ -18,6 +18,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
 from . import ha_discovery as had
 from .admin import AdminHandler, AdminRequest, parse_admin_request
 from .errors import EdgeVerifyError, RequestError
@@ -70,11 +72,13 @@ class HomeAssistantLink:
         t, qos = self.topics, self.service.config.mqtt.qos
         subs = [t.admin_request, t.ha_enroll_name, t.ha_enroll_utterances, t.ha_enroll_press]
         for topic in subs:
-            client.message_callback_add(topic, self._on_admin_message)
+            client.message_callback_add(topic, self._guarded(self._on_admin_message))
         if t.ha_status:
-            client.message_callback_add(t.ha_status, self._on_ha_status)
+            client.message_callback_add(t.ha_status, self._guarded(self._on_ha_status))
             subs.append(t.ha_status)
-        client.subscribe([(topic, qos) for topic in subs])
+        # retained commands are never replayed at (re)subscription: an old enroll would run on every reconnect
+        admin = SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        client.subscribe([(topic, SubscribeOptions(qos=qos) if topic == t.ha_status else admin) for topic in subs])
         self.announce(migrate=True)
 
     def announce(self, migrate: bool = False) -> None:
@@ -91,12 +95,29 @@ class HomeAssistantLink:
             self._publish_enroll_state()
         self.publish_diagnostics(force=True)
 
-    def _on_ha_status(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _guarded(self, handle: Callable[[Any, Any], None]) -> Callable[[Any, Any, Any], None]:
+        """A paho callback that never raises on the network thread and always acknowledges (manual acks:
+        an unacknowledged message would be redelivered at every reconnect and block the receive window)."""
+
+        def callback(client: Any, userdata: Any, msg: Any) -> None:
+            acks = [(msg.mid, msg.qos)]
+            try:
+                handle(client, msg, acks)
+            except Exception:
+                log.exception("dropping a message on an admin/HA topic that could not be handled")
+                self.service.errors += 1
+            finally:
+                if acks:  # not handed on to a reply (which acknowledges once published)
+                    self.service.acks.ack_now(acks)
+
+        return callback
+
+    def _on_ha_status(self, client: Any, msg: Any, acks: list) -> None:
         now = time.monotonic()
         if bytes(msg.payload[:16]).strip().lower() == b"online" and now - self._announced_at >= BIRTH_MIN_INTERVAL_S:
             self._announced_at = now
             log.info("Home Assistant is online: re-publishing discovery and states")
-            self.service._publish(self.topics.availability, b"online", retain=True)
+            self.service._publish_online(client)
             self.announce()
 
     # -- decisions and diagnostics ------------------------------------------------------------------
@@ -140,13 +161,14 @@ class HomeAssistantLink:
 
     # -- admin requests --------------------------------------------------------------------------
 
-    def _on_admin_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_admin_message(self, client: Any, msg: Any, acks: list) -> None:
         """Network thread: answer refusals at once, queue the real work for the worker."""
         from .mqtt_service import _Job, _user_props
 
         t = self.topics
         job = _Job(topic=msg.topic, payload=msg.payload, properties=getattr(msg, "properties", None))
         if msg.topic == t.admin_request:
+            job.acks, acks[:] = list(acks), []  # acknowledged once the answer is published
             limit = self.service.config.limits.max_payload_bytes
             meta = salvage_meta(b"" if len(msg.payload) > limit else msg.payload, _user_props(job.properties))
             reply_to = meta.get("reply_to") or t.admin_response

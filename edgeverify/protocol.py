@@ -14,10 +14,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
 
 from .errors import RequestError
 
@@ -29,6 +32,12 @@ META_FIELDS = ("request_id", "requestor_id", "requestor_type", "analyzer_id", "a
 BUSY = "busy"
 TOO_LARGE = "payload_too_large"
 INTERNAL = "internal_error"
+BAD_REPLY_TOPIC = "bad_reply_topic"
+
+MAX_JSON_DEPTH = 32  # a request is 3 levels deep; anything deeper is hostile (json recursion)
+MAX_JSON_STRINGS = 10_000  # strings in one request (keys included); a request has ~20
+MAX_JSON_STRUCTURE = 64 * 1024  # bytes outside strings; the audio lives inside strings
+MAX_META_CHARS = 1024  # echoed metadata strings are cut to this
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,49 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> Optional[str]:
         return None
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
         raise RequestError(f"'{key}' must be a string")
-    return str(v)
+    return _cut(str(v))
+
+
+def _shown(v: Any, limit: int = 80) -> str:
+    """A hostile value quoted in an error message: repr, cut."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _cut(s: str) -> str:
+    return s if len(s) <= MAX_META_CHARS else s[:MAX_META_CHARS]
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_TOKENS = re.compile(rb'[^"]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"]*)*')  # anchored: no quadratic retries
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+
+
+def load_json(payload: bytes) -> Any:
+    """json.loads bounded in nesting depth, string count and structure size, checked *before* parsing.
+
+    A scan (regex + numpy, no recursion) measures the payload, so json's recursive parser never sees a
+    nesting that could raise RecursionError, nor millions of tiny containers; RequestError otherwise.
+    """
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogatepass")
+    payload = bytes(payload)
+    scanned = _JSON_TOKENS.match(payload)
+    if scanned is None or scanned.end() != len(payload):  # an unterminated string
+        raise RequestError("payload is not valid JSON")
+    structure, strings = _JSON_STRING.subn(b"", payload)  # linear now: every string is terminated
+    if strings > MAX_JSON_STRINGS:
+        raise RequestError(f"payload has more than {MAX_JSON_STRINGS} JSON strings")
+    if len(structure) > MAX_JSON_STRUCTURE:
+        raise RequestError(f"payload has more than {MAX_JSON_STRUCTURE} bytes of JSON structure outside strings")
+    b = np.frombuffer(structure, np.uint8)
+    depth = np.cumsum(np.isin(b, _OPEN).astype(np.int32) - np.isin(b, _CLOSE).astype(np.int32))
+    if depth.size and int(depth.max()) > MAX_JSON_DEPTH:
+        raise RequestError(f"payload is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RequestError("payload is not valid JSON") from None
 
 
 def _opt_float(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> Optional[float]:
@@ -95,21 +146,22 @@ def _clip(obj: Mapping[str, Any], key: str) -> Clip:
     except (binascii.Error, ValueError):
         raise RequestError(f"'{key}.audio_b64' is not valid base64") from None
     name = c.get("name")
-    return Clip(name=str(name) if name is not None else f"{key}.wav", data=data)
+    return Clip(name=_cut(str(name)) if name is not None else f"{key}.wav", data=data)
 
 
-def parse_request(payload: bytes) -> Request:
-    """A JSON request; RequestError for anything malformed (never another exception)."""
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise RequestError("payload is not valid JSON") from None
+def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
+    """A JSON request (bytes, or the object load_json made of them, so that a caller parses only once);
+    RequestError for anything malformed (never another exception)."""
+    obj = payload if isinstance(payload, Mapping) else load_json(payload)
     if not isinstance(obj, dict):
         raise RequestError("payload must be a JSON object")
     kind = obj.get("type")
     if kind not in REQUEST_TYPES:
-        raise RequestError(f"'type' must be one of {', '.join(REQUEST_TYPES)}, got {kind!r}")
+        raise RequestError(f"'type' must be one of {', '.join(REQUEST_TYPES)}, got {_shown(kind)}")
     req = Request(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "profile")})
+    if req.reply_to is not None and not isinstance(obj.get("reply_to"), str):
+        raise RequestError("'reply_to' must be a string (an MQTT topic)")
+    req.reply_to = obj.get("reply_to")  # a topic is never cut: a cut topic is another topic
     req.threshold = _opt_float(obj, "threshold", -1.0, 1.0)
     req.seconds = _opt_float(obj, "seconds", 0.5, 60.0)
     if kind in ("verify", "verify_profile", "identify"):
@@ -124,35 +176,48 @@ def parse_request(payload: bytes) -> Request:
 def parse_raw_request(kind: str, payload: bytes, props: Mapping[str, str]) -> Request:
     """Raw audio bytes on request/<kind>; metadata from v5 user properties."""
     if kind not in RAW_TYPES:
-        raise RequestError(f"raw audio requests go to request/identify or request/verify_profile, not {kind!r}")
+        raise RequestError(f"raw audio requests go to request/identify or request/verify_profile, not {_shown(kind)}")
     req = Request(type=kind, **{k: _opt_str(props, k) for k in META_FIELDS + ("reply_to", "profile")})
+    req.reply_to = props.get("reply_to")  # never cut (see parse_request)
     req.threshold = _opt_float(props, "threshold", -1.0, 1.0)
-    req.first = Clip(name=props.get("name") or "audio", data=bytes(payload))
+    req.first = Clip(name=_cut(props.get("name") or "audio"), data=bytes(payload))
     if kind == "verify_profile" and not req.profile:
         raise RequestError("user property 'profile' is required for verify_profile")
     return req
 
 
-def salvage_meta(payload: bytes, props: Mapping[str, str], kind: Optional[str] = None) -> dict[str, Any]:
-    """Best-effort metadata of a request that failed to parse, so the error reply can still be matched."""
+def salvage_meta(
+    payload: Union[bytes, Mapping[str, Any], None], props: Mapping[str, str], kind: Optional[str] = None
+) -> dict[str, Any]:
+    """Best-effort metadata of a request that failed to parse, so the error reply can still be matched.
+
+    `payload` is the raw JSON bytes or, better, the object already parsed from them (never parsed twice);
+    None or anything unparsable gives what the user properties hold. Never raises.
+    """
     src: Mapping[str, Any] = props
     if kind is None:
-        try:
-            obj = json.loads(payload)
-            src = obj if isinstance(obj, dict) else {}
-        except (UnicodeDecodeError, ValueError):
-            src = {}
+        if isinstance(payload, (bytes, bytearray, str)):
+            try:
+                payload = load_json(payload)
+            except RequestError:
+                payload = None
+        src = payload if isinstance(payload, Mapping) else {}
     meta: dict[str, Any] = {"type": kind or src.get("type")}
-    for k in META_FIELDS + ("reply_to",):
+    for k in META_FIELDS:
         v = src.get(k)
-        meta[k] = str(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+        meta[k] = _cut(str(v)) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+    reply_to = src.get("reply_to")
+    meta["reply_to"] = reply_to if isinstance(reply_to, str) else None  # a topic: never cut or coerced
     for key, out in (("first", "first_file"), ("second", "second_file")):
         clip = src.get(key)
-        meta[out] = str(clip["name"]) if isinstance(clip, dict) and isinstance(clip.get("name"), str) else None
+        meta[out] = _cut(clip["name"]) if isinstance(clip, Mapping) and isinstance(clip.get("name"), str) else None
     if kind is not None:
-        meta["first_file"] = props.get("name")
+        name = props.get("name")
+        meta["first_file"] = _cut(name) if isinstance(name, str) else None
     if not isinstance(meta["type"], str):
         meta["type"] = None
+    else:
+        meta["type"] = _cut(meta["type"])
     return meta
 
 

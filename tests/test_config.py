@@ -125,3 +125,29 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     bad.write_text("mqtt:\n  port: 0\n")
     assert main(["check-config", "--config", str(bad)]) == 2
     assert "mqtt.port: must be an integer 1-65535, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "mqtt, message",
+    [
+        ({"reply_topics": "hub/#"}, "mqtt.reply_topics: must be a list"),
+        ({"reply_topics": ["ok/#", "bad/#/x"]}, "mqtt.reply_topics[1]: must be an MQTT topic filter"),
+        ({"reply_topics": ["a\u0001"]}, "mqtt.reply_topics[0]"),
+        ({"session_expiry_s": -1}, "mqtt.session_expiry_s"),
+        ({"session_expiry_s": 2**32}, "mqtt.session_expiry_s"),
+        ({"client_id": "dev\u0000"}, "mqtt.client_id"),
+        ({"discovery_prefix": "$SYS"}, "mqtt.discovery_prefix"),
+        ({"topic_prefix": "ev\ufffe"}, "mqtt.topic_prefix"),
+    ],
+)
+def test_mqtt_security_keys_are_checked(mqtt: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"mqtt": mqtt})
+    assert message in err.value.message
+
+
+def test_mqtt_delivery_defaults() -> None:
+    m = parse_config({}).mqtt
+    assert m.session_expiry_s == 3600 and m.reply_topics == [] and m.certfile is None and m.keyfile is None
+    m = parse_config({"mqtt": {"session_expiry_s": 0, "reply_topics": ["hub/answers/#", "+/replies"]}}).mqtt
+    assert m.session_expiry_s == 0 and m.reply_topics == ["hub/answers/#", "+/replies"]

@@ -72,7 +72,9 @@ class NotifySocket:
 class DaemonProcess:
     def __init__(self, tmp: Path, port: int, model: Path, state_dir: Path, device_id: str,
                  watchdog_usec: Optional[int] = None, extra: Optional[dict] = None,
-                 env_extra: Optional[dict] = None, **mqtt_extra: Any) -> None:
+                 env_extra: Optional[dict] = None, argv: Optional[list[str]] = None,
+                 limits: Optional[dict] = None, **mqtt_extra: Any) -> None:
+        """argv: the command before `run --config FILE` (default: this interpreter, -m edgeverify)."""
         self.device_id = device_id
         self.base = f"{PREFIX}/{device_id}"
         cfg = tmp / f"{device_id}.yaml"
@@ -82,27 +84,36 @@ class DaemonProcess:
             "model": str(model),
             "state_dir": str(state_dir),
             "mqtt": mqtt,
-            "limits": {"max_payload_bytes": 3_000_000, "queue_size": 1, "max_audio_seconds": 30},
+            "limits": {"max_payload_bytes": 3_000_000, "queue_size": 1, "max_audio_seconds": 30, **(limits or {})},
             **(extra or {}),
         }))
-        self.notify = NotifySocket(tmp / f"{device_id}.notify")
+        notify_path = tmp / f"{device_id}.notify"
+        notify_path.unlink(missing_ok=True)  # a restarted daemon gets a fresh socket
+        self.notify = NotifySocket(notify_path)
         env = {k: v for k, v in {**os.environ, **(env_extra or {})}.items()
                if k not in ("STATE_DIRECTORY", "JOURNAL_STREAM", "WATCHDOG_PID")}
         env["NOTIFY_SOCKET"] = self.notify.path
         env.pop("WATCHDOG_USEC", None)
         if watchdog_usec:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
-        self.log = open(tmp / f"{device_id}.log", "wb")
+        self.log = open(tmp / f"{device_id}.log", "ab")  # appended: a restarted daemon keeps one log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeverify", "run", "--config", str(cfg)],
+            (argv or [sys.executable, "-m", "edgeverify"]) + ["run", "--config", str(cfg)],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.log_path = tmp / f"{device_id}.log"
         try:
-            self.notify.wait_for("READY=1", 30)
+            self.notify.wait_for("READY=1", 60)
         except TimeoutError:
             self.stop()
             raise AssertionError(f"daemon never became ready:\n{self.log_path.read_text()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown at all (a crash, the OOM killer)."""
+        self.proc.kill()
+        self.proc.wait()
+        self.notify.close()
+        self.log.close()
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -255,17 +255,7 @@ def test_enroll_from_ha_with_the_microphone(tmp_path: Path, broker: Broker, int8
 
 def _client(port: int, user: str) -> Hub:
     """A Hub logged in as `user` (password = user name)."""
-    import paho.mqtt.client as mqtt
-
-    h = Hub.__new__(Hub)
-    h.v5 = True
-    h.messages = __import__("queue").Queue()
-    h.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    h.client.username_pw_set(user, user)
-    h.client.on_message = lambda c, u, m: h.messages.put(m)
-    h.client.connect("127.0.0.1", port, keepalive=10)
-    h.client.loop_start()
-    return h
+    return Hub(port, username=user)
 
 
 def test_readme_acl_limits_admin(tmp_path: Path, int8_model: Path, ha_state: Path, clips: dict[str, list[Path]]) -> None:
@@ -283,7 +273,7 @@ def test_readme_acl_limits_admin(tmp_path: Path, int8_model: Path, ha_state: Pat
     conf = b.dir / "mosquitto.conf"
     conf.write_text(conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
                     + f"password_file {pw}\nacl_file {tmp_path / 'acl'}\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))  # root: read both from a 0700 tmp dir
+)  # Broker() runs mosquitto as root when we are root (reads the 0700 tmp dir)
     with b:
         d = DaemonProcess(tmp_path, b.port, int8_model, ha_state, "kitchen-pi", extra={"admin": {"enabled": True}},
                           topic_prefix="edgeverify", username="edgeverify-kitchen-pi", password="edgeverify-kitchen-pi")
@@ -307,3 +297,17 @@ def test_readme_acl_limits_admin(tmp_path: Path, int8_model: Path, ha_state: Pat
             phone.close()
             ha.close()
             assert d.stop() == 0
+
+
+def test_admin_and_ha_messages_are_acknowledged(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
+    """Manual acks: every message on the admin/HA topics is acknowledged, answered or not. Unacknowledged
+    QoS 1 messages fill the broker's in-flight window (mosquitto: 20) and the device would go deaf."""
+    base = daemon.base
+    for i in range(30):
+        hub.publish(f"{base}/admin/ha/enroll_name", f"name{i}".encode())  # ignored: admin disabled
+        hub.publish("homeassistant/status", b"online" if i % 10 == 0 else b"offline")
+    for i in range(15):
+        hub.publish(f"{base}/admin/request", b'{"type": "list"}' if i % 2 else b"[[[[not json")
+    r = _ask(hub, f"{base}/request", encode_request("identify", _b(clips["vctk-p225"][5])), timeout=30)
+    assert r["ok"] and r["speaker"] == "alice", r
+    assert daemon.proc.poll() is None
