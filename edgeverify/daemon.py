@@ -29,7 +29,8 @@ def _load_verifier(config: Config) -> Any:
     from .verifier import Verifier
 
     started = time.perf_counter()
-    verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold, vad_mode=config.vad_mode)
+    verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold, vad_mode=config.vad_mode,
+                             score_mode=config.score, target_far=config.target_far)
     verifier.warm_up()
     log.info(
         "model %s ready in %.0f ms (threshold %.3f)", config.model, 1000 * (time.perf_counter() - started), verifier.threshold
@@ -155,7 +156,9 @@ class Daemon:
             notify.ready(f"reload failed: {exc.message}")
             return
         old = self.config
-        if (new.model, new.threads, new.threshold) != (old.model, old.threads, old.threshold):
+        if (new.model, new.threads, new.threshold, new.score, new.target_far) != (
+            old.model, old.threads, old.threshold, old.score, old.target_far
+        ):
             try:
                 self.verifier = _load_verifier(new)
             except EdgeVerifyError as exc:

@@ -1,5 +1,9 @@
 """Enrolled speaker profiles on disk: one JSON file per speaker holding the mean normalised embedding.
 
+For calibrated scoring a profile also stores its cohort statistics (the embedding centred on each
+band's cohort mean) with the cohort's fingerprint, computed at enrollment and recomputed on load when
+the shipped cohort changed, so identifying among many profiles costs a few dot products each.
+
 Plain numpy + files (no MQTT, no model): the daemon, the CLI and tests share it. Writes are atomic
 (temp file + rename) so a reader never sees half a profile, and files are private (0600 in a 0700
 directory) because a voice print is biometric data.
@@ -14,12 +18,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from .config import PROFILE_NAME_RE
 from .errors import AudioError, ProfileError, UnknownProfileError
+
+if TYPE_CHECKING:
+    from .scoring import Scorer, Side
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,9 @@ class Profile:
     clips: int
     created: str
     model: Optional[str] = None
+    speech_s: float = 10.0  # total speech of the enrollment clips (quality term); 10 s for 0.1 profiles
+    band: str = "16k"
+    cohort: Optional[dict] = None  # {"fingerprint": ..., "centred": {band: vector}} (scoring.Scorer.side)
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:
@@ -65,6 +75,24 @@ def check_clipping(samples: np.ndarray, name: str = "clip", limit: float = MAX_C
         )
 
 
+def _cohort_stats(scorer: Optional["Scorer"], embedding: np.ndarray, speech_s: float, band: str) -> Optional[dict]:
+    if scorer is None:
+        return None
+    side = scorer.side(embedding, speech_s, band)
+    return {"fingerprint": scorer.fingerprint, "centred": side.centred}
+
+
+def _read_cohort(doc: object) -> Optional[dict]:
+    """Stored cohort statistics, or None when absent/malformed (then recomputed from the embedding)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("centred"), dict):
+        return None
+    try:
+        centred = {str(b): _normalise(np.asarray(v, dtype=np.float64)) for b, v in doc["centred"].items()}
+    except (ValueError, TypeError, ProfileError):
+        return None
+    return {"fingerprint": str(doc.get("fingerprint", "")), "centred": centred}
+
+
 class ProfileStore:
     """Profiles under <state_dir>/profiles/<name>.json; re-read when the directory changes on disk."""
 
@@ -73,6 +101,7 @@ class ProfileStore:
         self.min_consistency = float(min_consistency)
         self._cache: dict[str, Profile] = {}
         self._stamp: Optional[int] = None
+        self._sides: dict = {}
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -87,6 +116,9 @@ class ProfileStore:
         clip_names: Optional[Sequence[str]] = None,
         replace: bool = False,
         model: Optional[str] = None,
+        speech_s: Optional[Sequence[float]] = None,
+        scorer: Optional["Scorer"] = None,
+        band: str = "16k",
     ) -> Profile:
         """Mean of the normalised clip embeddings, re-normalised; refuses inconsistent clips."""
         check_name(name)
@@ -108,12 +140,17 @@ class ProfileStore:
                 )
         if not replace and self.path(name).exists():
             raise ProfileError(f"profile {name!r} already exists (forget it first, or replace it)")
+        mean = _normalise(vecs.mean(axis=0))
+        total_s = float(sum(speech_s)) if speech_s is not None else 10.0
         profile = Profile(
             name=name,
-            embedding=_normalise(vecs.mean(axis=0)),
+            embedding=mean,
             clips=len(vecs),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             model=model,
+            speech_s=total_s,
+            band=band,
+            cohort=_cohort_stats(scorer, mean, total_s, band),
         )
         self._write(profile)
         if len(vecs) < RECOMMENDED_CLIPS:
@@ -127,8 +164,15 @@ class ProfileStore:
             "clips": p.clips,
             "created": p.created,
             "model": p.model,
+            "speech_s": round(p.speech_s, 2),
+            "band": p.band,
             "embedding": [round(float(x), 8) for x in p.embedding],
         }
+        if p.cohort is not None:
+            doc["cohort"] = {
+                "fingerprint": p.cohort["fingerprint"],
+                "centred": {b: [round(float(x), 8) for x in v] for b, v in p.cohort["centred"].items()},
+            }
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -181,12 +225,34 @@ class ProfileStore:
                     clips=int(doc.get("clips", 1)),
                     created=str(doc.get("created", "")),
                     model=doc.get("model"),
+                    speech_s=float(doc.get("speech_s", 10.0)),
+                    band="8k" if doc.get("band") == "8k" else "16k",
+                    cohort=_read_cohort(doc.get("cohort")),
                 )
             except (OSError, ValueError, KeyError, TypeError, ProfileError) as exc:
                 log.warning("ignoring unreadable profile %s: %s", f, exc)
                 continue
             cache[p.name] = p
         self._cache, self._stamp = cache, stamp
+        self._sides = {}
+
+    def sides(self, scorer: Optional["Scorer"]) -> dict[str, tuple[np.ndarray, Optional["Side"]]]:
+        """Every profile prepared for scoring: stored cohort statistics when they match `scorer`'s
+        cohort, else recomputed (and cached until the profiles or the cohort change)."""
+        self._refresh()
+        key = None if scorer is None else scorer.fingerprint
+        if key not in self._sides:
+            out: dict[str, tuple[np.ndarray, Optional["Side"]]] = {}
+            for name, p in self._cache.items():
+                side = None
+                if scorer is not None:
+                    stats = p.cohort if p.cohort and p.cohort.get("fingerprint") == key else None
+                    if stats is None:
+                        log.info("profile %s: cohort changed, recomputing its cohort statistics", name)
+                    side = scorer.side(p.embedding, p.speech_s, p.band, stats["centred"] if stats else None)
+                out[name] = (p.embedding, side)
+            self._sides = {key: out}
+        return self._sides[key]
 
     def reload(self) -> int:
         self._stamp = None

@@ -49,7 +49,8 @@ class Request:
     first: Optional[Clip] = None
     second: Optional[Clip] = None
     profile: Optional[str] = None
-    threshold: Optional[float] = None
+    threshold: Optional[float] = None  # raw cosine threshold (old clients)
+    target_far: Optional[float] = None  # calibrated operating point (scoring.py)
     seconds: Optional[float] = None  # capture: fixed length; None = the next utterance
 
     def meta(self) -> dict[str, Any]:
@@ -83,6 +84,15 @@ def _opt_float(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> Option
     return f
 
 
+def _target_far(obj: Mapping[str, Any], threshold: Optional[float]) -> Optional[float]:
+    from .scoring import FAR_MAX, FAR_MIN
+
+    far = _opt_float(obj, "target_far", FAR_MIN, FAR_MAX)
+    if far is not None and threshold is not None:
+        raise RequestError("give either 'threshold' or 'target_far', not both")
+    return far
+
+
 def _clip(obj: Mapping[str, Any], key: str) -> Clip:
     c = obj.get(key)
     if not isinstance(c, Mapping):
@@ -111,6 +121,7 @@ def parse_request(payload: bytes) -> Request:
         raise RequestError(f"'type' must be one of {', '.join(REQUEST_TYPES)}, got {kind!r}")
     req = Request(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "profile")})
     req.threshold = _opt_float(obj, "threshold", -1.0, 1.0)
+    req.target_far = _target_far(obj, req.threshold)
     req.seconds = _opt_float(obj, "seconds", 0.5, 60.0)
     if kind in ("verify", "verify_profile", "identify"):
         req.first = _clip(obj, "first")
@@ -127,6 +138,7 @@ def parse_raw_request(kind: str, payload: bytes, props: Mapping[str, str]) -> Re
         raise RequestError(f"raw audio requests go to request/identify or request/verify_profile, not {kind!r}")
     req = Request(type=kind, **{k: _opt_str(props, k) for k in META_FIELDS + ("reply_to", "profile")})
     req.threshold = _opt_float(props, "threshold", -1.0, 1.0)
+    req.target_far = _target_far(props, req.threshold)
     req.first = Clip(name=props.get("name") or "audio", data=bytes(payload))
     if kind == "verify_profile" and not req.profile:
         raise RequestError("user property 'profile' is required for verify_profile")
