@@ -49,7 +49,9 @@ class Embedded:
 
 
 def speaker_of(name: str) -> str:
-    return name.split("/", 1)[0]
+    """Trial paths are <speaker>/<file>, or <condition>/<speaker>/<file> for derived (degraded) sets."""
+    parts = name.split("/")
+    return parts[-2] if len(parts) > 1 else name
 
 
 def read_sources(root: Path) -> Dict[str, str]:
@@ -164,8 +166,14 @@ def heldout_report(t: TrialSet, train: TrialSet, cosine_threshold: float) -> Dic
     return {k: round(float(v), 4) if isinstance(v, float) else v for k, v in r.items()}
 
 
+def merge(a: Embedded, b: Embedded, prefix_a: str = "") -> Embedded:
+    index = {prefix_a + k: v for k, v in a.index.items()}
+    index.update({k: v + len(a.speaker) for k, v in b.index.items()})
+    return Embedded(index, np.vstack([a.emb, b.emb]), np.r_[a.speech_s, b.speech_s], a.speaker + b.speaker)
+
+
 def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, report: bool = False,
-          progress: Progress = None) -> Tuple[Path, Dict]:
+          progress: Progress = None, degraded: Optional[Path] = None) -> Tuple[Path, Dict]:
     """Embed, fit and write the cohort file; returns (path, held-out figures)."""
     dev = Path(speech_dir) / "dev"
     if not (dev / "trials.txt").is_file():
@@ -202,6 +210,18 @@ def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, rep
             train = heldout_trials(y_l, a_l, b_l, embedded[band], embedded[band], folds)
             t = heldout_trials(ty, ta, tb, test, embedded[band], folds)
             figures[name] = heldout_report(t, train, cosine_threshold)
+            if name == "dev":
+                clean_dev, train16 = test, train
+    if report and degraded is not None:
+        # python -m edgeverify.tools.degrade output: <degraded>/<condition>/trials.txt, enrollment side dev/...
+        for trials_file in sorted(Path(degraded).glob("*/trials.txt")):
+            cond = trials_file.parent.name
+            ty, ta, tb = read_trials(trials_file)
+            need = sorted({n for n in tb if not n.startswith("dev/")})
+            test = merge(clean_dev, embed_files(verifier, Path(degraded), need, False, progress, cond), "dev/")
+            t = heldout_trials(ty, ta, tb, test, embedded["16k"], folds)
+            figures[f"degraded {cond}"] = {**heldout_report(t, train16, cosine_threshold),
+                                           "n_refused_clips": len(need) - (len(test.speaker) - len(clean_dev.speaker))}
     model_path = verifier.embedder.path
     path = Path(out) if out else model_path.parent / f"cohort-{verifier.model_name}.json"
     save_scorer(path, bands, file_sha256(model_path), {

@@ -45,7 +45,8 @@ class Profile:
     model: Optional[str] = None
     speech_s: float = 10.0  # total speech of the enrollment clips (quality term); 10 s for 0.1 profiles
     band: str = "16k"
-    cohort: Optional[dict] = None  # {"fingerprint": ..., "centred": {band: vector}} (scoring.Scorer.side)
+    cohort: Optional[dict] = None  # {"fingerprint": ..., "centred": {band: (clips, d)}} (scoring.Scorer.side)
+    clip_embeddings: Optional[np.ndarray] = None  # (clips, d) L2-normalised; scored clip by clip, then averaged
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:
@@ -75,19 +76,39 @@ def check_clipping(samples: np.ndarray, name: str = "clip", limit: float = MAX_C
         )
 
 
-def _cohort_stats(scorer: Optional["Scorer"], embedding: np.ndarray, speech_s: float, band: str) -> Optional[dict]:
+def _rounded(x: np.ndarray) -> list:
+    return np.round(np.asarray(x, dtype=np.float64), 8).tolist()
+
+
+def _rows(v: object) -> np.ndarray:
+    """(n, d) matrix of L2-normalised rows from a JSON list (a vector or a list of vectors)."""
+    m = np.atleast_2d(np.asarray(v, dtype=np.float64))
+    if m.ndim != 2 or m.shape[0] == 0 or m.shape[0] > 1000:
+        raise ValueError(f"bad embedding matrix shape {m.shape}")
+    return np.stack([_normalise(r) for r in m])
+
+
+def _cohort_stats(scorer: Optional["Scorer"], embedding: np.ndarray, speech_s: float, band: str,
+                  clips: np.ndarray) -> Optional[dict]:
     if scorer is None:
         return None
-    side = scorer.side(embedding, speech_s, band)
+    side = scorer.side(embedding, speech_s, band, clips=clips)
     return {"fingerprint": scorer.fingerprint, "centred": side.centred}
 
 
+def _read_clips(doc: object) -> Optional[np.ndarray]:
+    try:
+        return None if doc is None else _rows(doc)
+    except (ValueError, TypeError, ProfileError):
+        return None
+
+
 def _read_cohort(doc: object) -> Optional[dict]:
-    """Stored cohort statistics, or None when absent/malformed (then recomputed from the embedding)."""
+    """Stored cohort statistics, or None when absent/malformed (then recomputed from the embeddings)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("centred"), dict):
         return None
     try:
-        centred = {str(b): _normalise(np.asarray(v, dtype=np.float64)) for b, v in doc["centred"].items()}
+        centred = {str(b): _rows(v) for b, v in doc["centred"].items()}
     except (ValueError, TypeError, ProfileError):
         return None
     return {"fingerprint": str(doc.get("fingerprint", "")), "centred": centred}
@@ -141,16 +162,18 @@ class ProfileStore:
         if not replace and self.path(name).exists():
             raise ProfileError(f"profile {name!r} already exists (forget it first, or replace it)")
         mean = _normalise(vecs.mean(axis=0))
-        total_s = float(sum(speech_s)) if speech_s is not None else 10.0
+        # the quality term of a profile trial: a typical enrollment clip's speech (scores are per clip)
+        clip_s = float(np.mean(speech_s)) if speech_s is not None and len(speech_s) else 10.0
         profile = Profile(
             name=name,
             embedding=mean,
             clips=len(vecs),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             model=model,
-            speech_s=total_s,
+            speech_s=clip_s,
             band=band,
-            cohort=_cohort_stats(scorer, mean, total_s, band),
+            cohort=_cohort_stats(scorer, mean, clip_s, band, vecs),
+            clip_embeddings=vecs,
         )
         self._write(profile)
         if len(vecs) < RECOMMENDED_CLIPS:
@@ -166,12 +189,14 @@ class ProfileStore:
             "model": p.model,
             "speech_s": round(p.speech_s, 2),
             "band": p.band,
-            "embedding": [round(float(x), 8) for x in p.embedding],
+            "embedding": _rounded(p.embedding),
         }
+        if p.clip_embeddings is not None:
+            doc["clip_embeddings"] = _rounded(p.clip_embeddings)
         if p.cohort is not None:
             doc["cohort"] = {
                 "fingerprint": p.cohort["fingerprint"],
-                "centred": {b: [round(float(x), 8) for x in v] for b, v in p.cohort["centred"].items()},
+                "centred": {b: _rounded(v) for b, v in p.cohort["centred"].items()},
             }
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=self.dir)
         try:
@@ -228,6 +253,7 @@ class ProfileStore:
                     speech_s=float(doc.get("speech_s", 10.0)),
                     band="8k" if doc.get("band") == "8k" else "16k",
                     cohort=_read_cohort(doc.get("cohort")),
+                    clip_embeddings=_read_clips(doc.get("clip_embeddings")),
                 )
             except (OSError, ValueError, KeyError, TypeError, ProfileError) as exc:
                 log.warning("ignoring unreadable profile %s: %s", f, exc)
@@ -249,7 +275,8 @@ class ProfileStore:
                     stats = p.cohort if p.cohort and p.cohort.get("fingerprint") == key else None
                     if stats is None:
                         log.info("profile %s: cohort changed, recomputing its cohort statistics", name)
-                    side = scorer.side(p.embedding, p.speech_s, p.band, stats["centred"] if stats else None)
+                    side = scorer.side(p.embedding, p.speech_s, p.band, stats["centred"] if stats else None,
+                                       clips=p.clip_embeddings)
                 out[name] = (p.embedding, side)
             self._sides = {key: out}
         return self._sides[key]

@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 
 BANDS = ("16k", "8k")
 TELEPHONE_MAX_RATE = 8000  # audio recorded at this rate or lower is scored with the telephone-band cohort
-MIN_QUALITY_S = 0.5  # the duration term is clamped to [MIN_QUALITY_S, MAX_QUALITY_S] seconds of speech
+# The duration term is clamped to [MIN_QUALITY_S, MAX_QUALITY_S] seconds of speech. Below 3 s the dev trials
+# hold too few clips to learn it, and extrapolating it raised short clips' non-target llrs: on test sides
+# cut to 1.5-2 s a requested FAR of 1 % gave 3.5 % unclamped, 1.0 % clamped (README "Scoring").
+MIN_QUALITY_S = 3.0
 MAX_QUALITY_S = 20.0
 SCORE_MODES = ("calibrated", "cosine")
 DEFAULT_SCORE_MODE = "calibrated"
@@ -100,7 +103,7 @@ class Side:
     embedding: np.ndarray  # raw L2-normalised embedding (plain cosine)
     speech_s: float
     band: str  # the band of the audio it came from
-    centred: Dict[str, np.ndarray]  # band -> embedding centred on that band's cohort
+    centred: Dict[str, np.ndarray]  # band -> (clips, d) embedding(s) centred on that band's cohort mean
 
 
 @dataclass(frozen=True)
@@ -126,17 +129,24 @@ class Scorer:
         return self.bands.get(name) or self.bands["16k"]
 
     def side(self, embedding: np.ndarray, speech_s: float, band: str = "16k",
-             centred: Optional[Dict[str, np.ndarray]] = None) -> Side:
+             centred: Optional[Dict[str, np.ndarray]] = None, clips: Optional[np.ndarray] = None) -> Side:
+        """A clip, or a profile: then `clips` holds its enrollment embeddings and a trial scores the mean
+        of the per-clip centred cosines -- the scale the calibration was fitted on (one clip vs one clip;
+        the cosine to a mean embedding is inflated by 1/|mean| and named strangers twice as often)."""
         e = unit(embedding)
+        rows = unit(np.atleast_2d(clips if clips is not None else e))
         given = centred or {}
-        c = {name: given[name] if name in given and given[name].shape == e.shape else b.centre(e)
-             for name, b in self.bands.items()}
+        c = {}
+        for name, b in self.bands.items():
+            g = given.get(name)
+            ok = g is not None and np.ndim(g) in (1, 2) and np.atleast_2d(g).shape == rows.shape
+            c[name] = np.atleast_2d(g) if ok else b.centre(rows)
         return Side(embedding=e, speech_s=float(speech_s), band=band, centred=c)
 
     def score(self, a: Side, b: Side) -> TrialScore:
         """Telephone-band if either side is: the wideband side loses nothing the narrow one has."""
         band = "8k" if "8k" in (a.band, b.band) and "8k" in self.bands else "16k"
-        s = float(a.centred[band] @ b.centred[band])
+        s = float(np.mean(np.atleast_2d(a.centred[band]) @ np.atleast_2d(b.centred[band]).T))
         llr = float(self.bands[band].calibration.llr(s, min(a.speech_s, b.speech_s)))
         return TrialScore(cosine=float(a.embedding @ b.embedding), centred=s, llr=llr, band=band)
 
@@ -168,8 +178,9 @@ def cohort_file(model_path: Path, variant: str) -> Path:
     return own if own.is_file() else d / "cohort-int8.json"
 
 
-def load_scorer(path: Path, model_path: Optional[Path] = None) -> Scorer:
-    """Read a cohort file; logs a warning when it was built from a different model file."""
+def load_scorer(path: Path, model_path: Optional[Path] = None, variant: Optional[str] = None) -> Scorer:
+    """Read a cohort file; logs a warning when it was built from a different model file of the same
+    variant (the fp32 model borrowing the int8 cohort is expected: their embeddings agree to ~0.997)."""
     try:
         raw = Path(path).read_bytes()
         doc = json.loads(raw)
@@ -190,7 +201,7 @@ def load_scorer(path: Path, model_path: Optional[Path] = None) -> Scorer:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"cannot read cohort file {path}: {exc}") from exc
     model_sha = str(doc.get("model_sha256", ""))
-    if model_path is not None and model_sha:
+    if model_path is not None and model_sha and (variant is None or doc.get("model") == variant):
         p = Path(model_path)
         actual = _cached_sha256(str(p), p.stat().st_mtime_ns)
         if actual != model_sha:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional
 
 import numpy as np
@@ -19,7 +19,7 @@ from .audio import TARGET_RATE, Audio
 from .embedder import Embedder
 from .errors import ConfigError, NoSpeechError, TooShortError
 from .model_store import load_manifest, resolve_model
-from .scoring import (DEFAULT_SCORE_MODE, SCORE_MODES, Scorer, Side, band_for_rate, check_target_far,
+from .scoring import (DEFAULT_SCORE_MODE, FAR_MIN, SCORE_MODES, Scorer, Side, band_for_rate, check_target_far,
                       cohort_file, load_scorer)
 from .vad import DEFAULT_VAD_MODE, VAD_MODES, VadConfig, keep_segments, speech_segments
 
@@ -123,7 +123,7 @@ class Verifier:
             path = cohort_file(embedder.path, variant)
             if not path.is_file():
                 raise ConfigError(f"cohort file {path} not found: run `edgeverify model calibrate`, or use cosine scoring")
-            scorer = load_scorer(path, embedder.path)
+            scorer = load_scorer(path, embedder.path, variant)
         log.info("loaded %s model %s in %.0f ms", model, embedder.path, 1000 * (time.perf_counter() - started))
         return cls(embedder, threshold=threshold, vad_mode=vad_mode, model_name=model, scorer=scorer,
                    score_mode=score_mode, target_far=target_far)
@@ -216,10 +216,20 @@ class Verifier:
         target_far: Optional[float] = None,
     ) -> tuple[Optional[str], Optional[Decision], Dict[str, float]]:
         """Open-set identification: the best-scoring candidate if its decision accepts, else None.
-        Returns (name or None, the best candidate's decision, every candidate's cosine)."""
+        Returns (name or None, the best candidate's decision, every candidate's cosine). With a target_far
+        (request or config) it is the open-set false-alarm rate: a stranger named as anyone."""
         if not candidates:
             return None, None, {}
-        decisions = {name: self.decide_sides(test, c, threshold, target_far) for name, c in candidates.items()}
+        far = target_far if target_far is not None else (self.target_far if self.fixed_threshold is None else None)
+        per_profile = None
+        if far is not None and threshold is None and self.scorer is not None:
+            # target_far is the chance that a stranger is named as anyone: each of N profiles gets
+            # 1 - (1 - F)^(1/N) (clamped to the calibrated range), else N profiles multiply it by ~N
+            far = self._check_far(far)
+            per_profile = max(FAR_MIN, 1.0 - (1.0 - far) ** (1.0 / len(candidates)))
+        decisions = {name: self.decide_sides(test, c, threshold, per_profile) for name, c in candidates.items()}
+        if per_profile is not None:
+            decisions = {n: replace(d, operating_point=f"far={far:g}") for n, d in decisions.items()}
         best = max(decisions, key=lambda n: decisions[n].score if decisions[n].llr is None else decisions[n].llr)
         d = decisions[best]
         return (best if d.same_speaker else None), d, {n: x.score for n, x in decisions.items()}

@@ -68,11 +68,22 @@ def test_eval_json_on_a_small_trial_list(tmp_path: Path, speech_dir: Path, int8_
     picked = [l for l in lines if l.split()[1].startswith(("so762-0157/", "vctk-p226/"))][:30]
     trials = tmp_path / "trials.txt"
     trials.write_text("\n".join(picked) + "\n")
-    result = edgeverify("eval", "--root", str(speech_dir / "dev"), "--trials", str(trials), "--json", "--quiet")
+    result = edgeverify("eval", "--root", str(speech_dir / "dev"), "--trials", str(trials), "--json", "--quiet",
+                        "--score", "cosine")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["n_trials"] == len(picked) and out["n_target"] == sum(l.startswith("1") for l in picked)
     assert 0.0 <= out["eer_percent"] <= 50.0 and 0.0 <= out["min_dcf"] <= 1.0 and -1.0 <= out["threshold"] <= 1.0
+    assert out["score_mode"] == "cosine" and out["cllr"] is None and out["operating_point"] == "eer"
+    # the default (calibrated llr) at a requested false-accept rate: the decisions' error rates and Cllr
+    result = edgeverify("eval", "--root", str(speech_dir / "dev"), "--trials", str(trials), "--json", "--quiet",
+                        "--target-far", "0.01")
+    assert result.returncode == 0, result.stderr
+    cal = json.loads(result.stdout)
+    assert cal["score_mode"] == "calibrated" and cal["operating_point"] == "far=0.01"
+    for key in ("far_percent", "frr_percent", "cllr", "min_cllr"):
+        assert 0.0 <= cal[key] <= 100.0, key
+    assert cal["min_cllr"] <= cal["cllr"] + 1e-9 and cal["n_trials"] == out["n_trials"]
 
 
 def test_eval_rejects_bad_trial_file(tmp_path: Path, speech_dir: Path, int8_model: Path) -> None:

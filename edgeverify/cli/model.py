@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--out", type=Path, default=None, help="output file (default: cohort-<model>.json next to the model)")
     cal.add_argument("--report", action="store_true",
                      help="also print speaker-disjoint figures on dev, dev8k and native8k (embeds those sets too)")
+    cal.add_argument("--degraded", type=Path, default=None,
+                     help="with --report: also the conditions written by `python -m edgeverify.tools.degrade --out DIR`")
     cal.add_argument("--quiet", action="store_true", help="no progress on stderr")
     cal.set_defaults(func=_calibrate)
 
@@ -62,7 +64,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         if not args.quiet and (done == total or done % 100 == 0):
             print(f"{label}: embedded {done}/{total}", file=sys.stderr, flush=True)
 
-    path, figures = build(args.speech_dir, args.model, args.out, args.report, progress)
+    path, figures = build(args.speech_dir, args.model, args.out, args.report, progress, args.degraded)
     print(json.dumps({"cohort": str(path), "heldout": figures}, indent=1))
     return 0
 
