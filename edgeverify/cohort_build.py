@@ -198,6 +198,16 @@ def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, rep
         bands[band] = Band(mean=emb.emb.mean(axis=0), calibration=fit_calibration(train))
         figures[f"dev-licensed ({band} cohort)" if band == "16k" else "dev-licensed via 8 kHz"] = heldout_report(
             train, train, cosine_threshold)
+    model_path = verifier.embedder.path
+    path = Path(out) if out else model_path.parent / f"cohort-{verifier.model_name}.json"
+    save_scorer(path, bands, file_sha256(model_path), {
+        "model": verifier.model_name,
+        "built_by": "edgeverify model calibrate (edgeverify/cohort_build.py)",
+        "cohort": {"speakers": len(licensed), "files": len(embedded["16k"].index), "folds": FOLDS,
+                   "sources": [LICENSED_SOURCES[s] for s in used_sources]},
+        "calibration_trials": {"16k": int(lic.sum()), "8k": int(lic.sum()),
+                               "from": "dev/trials.txt, licensed speakers only; 8k = same clips via 8 kHz"},
+    })
     if report:
         extra = [("dev", "16k"), ("dev8k", "8k"), ("native8k", "8k")]
         for name, band in extra:
@@ -222,14 +232,4 @@ def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, rep
             t = heldout_trials(ty, ta, tb, test, embedded["16k"], folds)
             figures[f"degraded {cond}"] = {**heldout_report(t, train16, cosine_threshold),
                                            "n_refused_clips": len(need) - (len(test.speaker) - len(clean_dev.speaker))}
-    model_path = verifier.embedder.path
-    path = Path(out) if out else model_path.parent / f"cohort-{verifier.model_name}.json"
-    save_scorer(path, bands, file_sha256(model_path), {
-        "model": verifier.model_name,
-        "built_by": "edgeverify model calibrate (edgeverify/cohort_build.py)",
-        "cohort": {"speakers": len(licensed), "files": len(embedded["16k"].index), "folds": FOLDS,
-                   "sources": [LICENSED_SOURCES[s] for s in used_sources]},
-        "calibration_trials": {"16k": int(lic.sum()), "8k": int(lic.sum()),
-                               "from": "dev/trials.txt, licensed speakers only; 8k = same clips via 8 kHz"},
-    })
     return path, figures

@@ -33,7 +33,8 @@ def _load_verifier(config: Config) -> Any:
                              score_mode=config.score, target_far=config.target_far)
     verifier.warm_up()
     log.info(
-        "model %s ready in %.0f ms (threshold %.3f)", config.model, 1000 * (time.perf_counter() - started), verifier.threshold
+        "model %s ready in %.0f ms (%s scores, decisions at %s)", config.model, 1000 * (time.perf_counter() - started),
+        verifier.score_mode, verifier.operating_point
     )
     return verifier
 

@@ -128,6 +128,13 @@ class Verifier:
         return cls(embedder, threshold=threshold, vad_mode=vad_mode, model_name=model, scorer=scorer,
                    score_mode=score_mode, target_far=target_far)
 
+    @property
+    def operating_point(self) -> str:
+        """What decides by default: "threshold=0.357" (cosine), "eer" or "far=0.01" (calibrated llr)."""
+        if self.fixed_threshold is not None or self.scorer is None:
+            return f"threshold={self.threshold:g}"
+        return "eer" if self.target_far is None else f"far={self.target_far:g}"
+
     def _check_far(self, far: float) -> float:
         if self.scorer is None:
             raise ConfigError("target_far needs calibrated scoring (not --score cosine)")

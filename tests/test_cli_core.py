@@ -35,16 +35,19 @@ def test_verify_same_and_different(speech_dir: Path, int8_model: Path) -> None:
     out = json.loads(same.stdout)
     for key in ("same_speaker", "score", "threshold", "first_file", "second_file", "analyzer_id", "analysis_id", "timestamp"):
         assert key in out
-    assert out["same_speaker"] is True and out["score"] >= out["threshold"]
+    # calibrated default: the llr is compared with the EER operating point; score stays the raw cosine
+    assert out["same_speaker"] is True and out["llr"] >= out["threshold"] and out["operating_point"] == "eer"
     assert out["first_file"].endswith(SAME[0])
 
     diff = edgeverify("verify", *_pair(speech_dir, DIFFERENT), "--json")
     assert diff.returncode == 0, diff.stderr
     out = json.loads(diff.stdout)
-    assert out["same_speaker"] is False and out["score"] < out["threshold"]
+    assert out["same_speaker"] is False and out["llr"] < out["threshold"]
 
-    text = edgeverify("verify", *_pair(speech_dir, SAME), "--threshold", "0.99")
+    text = edgeverify("verify", *_pair(speech_dir, SAME), "--threshold", "0.99")  # raw cosine, as in 0.1
     assert text.returncode == 0 and text.stdout.startswith("different speakers")
+    both = edgeverify("verify", *_pair(speech_dir, SAME), "--threshold", "0.5", "--target-far", "0.01")
+    assert both.returncode == 2 and "either --threshold or --target-far" in both.stderr
 
 
 def test_verify_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, speech_dir: Path, int8_model: Path, write_clip) -> None:
