@@ -226,6 +226,8 @@ def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, rep
         # python -m edgeverify.tools.degrade output: <degraded>/<condition>/trials.txt, enrollment side dev/...
         for trials_file in sorted(Path(degraded).glob("*/trials.txt")):
             cond = trials_file.parent.name
+            if trials_file.parent.is_symlink():  # DIR/dev links to the clean set
+                continue
             ty, ta, tb = read_trials(trials_file)
             need = sorted({n for n in tb if not n.startswith("dev/")})
             test = merge(clean_dev, embed_files(verifier, Path(degraded), need, False, progress, cond), "dev/")

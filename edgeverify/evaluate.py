@@ -166,8 +166,9 @@ def evaluate_identification(
     max_enrolled: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> IdentifyResult:
-    """Every other speaker (sorted ids) with more than `enroll_clips` clips is enrolled from their first
-    `enroll_clips` clips; all other clips are tests. Profiles go through the real ProfileStore."""
+    """Every other speaker (sorted ids) with more than `enroll_clips` usable clips is enrolled from their first
+    `enroll_clips` clips; all other clips are tests. Profiles go through the real ProfileStore. Clips the
+    verifier refuses (too little speech) take no part (n_refused_files)."""
     import tempfile
 
     from .errors import ProfileError
@@ -177,17 +178,18 @@ def evaluate_identification(
     speakers = sorted(p.name for p in root.iterdir() if p.is_dir())
     clips = {s: sorted(str(f.relative_to(root)) for f in (root / s).iterdir() if f.suffix.lower() in (".wav", ".flac"))
              for s in speakers}
+    files = sorted(f for s in speakers for f in clips[s])
+    prepared, refused = embed_files(verifier, root, files, progress)
+    clips = {s: [f for f in fs if f in prepared] for s, fs in clips.items()}  # refused clips take no part
     eligible = [s for s in speakers if len(clips[s]) > enroll_clips]
     enrolled = eligible[::2][: max_enrolled or None]
     if not enrolled:
-        raise EdgeVerifyError(f"{root}: no speaker folder has more than {enroll_clips} clips")
-    files = sorted(f for s in speakers for f in clips[s])
-    prepared, refused = embed_files(verifier, root, files, progress)
+        raise EdgeVerifyError(f"{root}: no speaker folder has more than {enroll_clips} usable clips")
     correct = wrong = alarms = known = strangers = 0
     with tempfile.TemporaryDirectory() as tmp:
         store = ProfileStore(tmp)
         for s in enrolled:
-            use = [f for f in clips[s][:enroll_clips] if f in prepared]
+            use = clips[s][:enroll_clips]
             try:
                 store.enroll(s, [prepared[f][0] for f in use], clip_names=use, model=verifier.model_name,
                              speech_s=[prepared[f][1].speech_s if prepared[f][1] else 10.0 for f in use],
@@ -199,8 +201,6 @@ def evaluate_identification(
         for s in speakers:
             tests = clips[s][enroll_clips:] if s in sides else clips[s]
             for f in tests:
-                if f not in prepared:
-                    continue  # a refused clip names nobody: counted in n_refused_files only
                 best, d, _ = verifier.identify(prepared[f], sides)
                 point = d.operating_point if d is not None else point
                 if s in sides:

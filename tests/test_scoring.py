@@ -131,3 +131,17 @@ def test_profile_stores_cohort_stats_and_recomputes(tmp_path: Path) -> None:
     test = scorer.side(e[0], 3.0)
     trial = scorer.score(test, side)
     assert trial.centred == pytest.approx(float(np.mean(stored @ test.centred["16k"][0])), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_identification_eval_on_a_folder(tmp_path: Path, speech_dir: Path, int8_verifier) -> None:
+    """eval --identify on 7 EmoDB speakers (2 s clips): 4 enrolled from 3 clips, 3 strangers."""
+    from edgeverify.evaluate import evaluate_identification
+
+    for d in sorted((speech_dir / "dev").glob("emodb-*")):
+        (tmp_path / d.name).symlink_to(d)
+    r = evaluate_identification(int8_verifier, tmp_path, enroll_clips=3)
+    assert r.n_enrolled == 4 and r.n_known_tests == 4 * 5 and r.n_stranger_tests == 3 * 8
+    assert r.operating_point == "eer" and r.score_mode == "calibrated"
+    assert r.correct_id_percent + r.wrong_id_percent <= 100.0
+    assert r.correct_id_percent >= 50.0 and r.false_alarm_percent <= 50.0
