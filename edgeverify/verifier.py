@@ -77,7 +77,7 @@ class Verifier:
         max_embed_s: float = MAX_EMBED_S,
         vad_config: Optional["VadConfig"] = None,
         scorer: Optional[Scorer] = None,
-        score_mode: str = DEFAULT_SCORE_MODE,
+        score_mode: Optional[str] = None,  # None: calibrated when a scorer is given, else cosine
         target_far: Optional[float] = None,
     ) -> None:
         self.embedder = embedder
@@ -88,6 +88,8 @@ class Verifier:
         self.vad_mode = vad_mode
         self.min_speech_s = min_speech_s
         self.max_embed_s = max_embed_s
+        if score_mode is None:
+            score_mode = DEFAULT_SCORE_MODE if scorer is not None else "cosine"
         if score_mode not in SCORE_MODES:
             raise ConfigError(f"score mode must be one of {', '.join(SCORE_MODES)}, got {score_mode!r}")
         if score_mode != "cosine" and scorer is None:
