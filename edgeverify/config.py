@@ -127,7 +127,9 @@ class Config:
     device_id: str = field(default_factory=_default_device_id)
     model: str = "int8"  # int8 | fp32 | path to an .onnx file
     threads: int = 1
-    threshold: Optional[float] = None  # None = the model's calibrated default
+    threshold: Optional[float] = None  # raw cosine threshold (0.1 meaning); None = calibrated operating point
+    target_far: Optional[float] = None  # operating point: false-accept rate on the calibration trials; None = EER
+    score: str = "calibrated"  # calibrated | cosine (scoring.py)
     vad_mode: str = DEFAULT_VAD_MODE  # check | trim | off (verifier.py says what each does)
     state_dir: str = DEFAULT_STATE_DIR
     log_level: str = "info"
@@ -419,6 +421,20 @@ def parse_config(data: Any, source: Optional[str] = None) -> Config:
         c.threads = _int("threads", d["threads"], 1, 64)
     if d.get("threshold") is not None:
         c.threshold = _num("threshold", d["threshold"], -1, 1)
+    if d.get("target_far") is not None:
+        from .scoring import FAR_MAX, FAR_MIN
+
+        c.target_far = _num("target_far", d["target_far"], FAR_MIN, FAR_MAX)
+    if c.threshold is not None and c.target_far is not None:
+        raise _fail("target_far", "cannot be combined with threshold (a raw cosine threshold)", c.target_far)
+    if "score" in d:
+        from .scoring import SCORE_MODES
+
+        if d["score"] not in SCORE_MODES:
+            raise _fail("score", f"must be one of {', '.join(SCORE_MODES)}", d["score"])
+        c.score = d["score"]
+    if c.target_far is not None and c.score == "cosine":
+        raise _fail("target_far", "needs score: calibrated", c.target_far)
     if "vad_mode" in d:
         if d["vad_mode"] not in VAD_MODES:
             raise _fail("vad_mode", f"must be one of {', '.join(VAD_MODES)}", d["vad_mode"])

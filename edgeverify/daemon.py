@@ -29,10 +29,12 @@ def _load_verifier(config: Config) -> Any:
     from .verifier import Verifier
 
     started = time.perf_counter()
-    verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold, vad_mode=config.vad_mode)
+    verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold, vad_mode=config.vad_mode,
+                             score_mode=config.score, target_far=config.target_far)
     verifier.warm_up()
     log.info(
-        "model %s ready in %.0f ms (threshold %.3f)", config.model, 1000 * (time.perf_counter() - started), verifier.threshold
+        "model %s ready in %.0f ms (%s scores, decisions at %s)", config.model, 1000 * (time.perf_counter() - started),
+        verifier.score_mode, verifier.operating_point
     )
     return verifier
 
@@ -77,6 +79,7 @@ class Daemon:
         self.handler = RequestHandler(
             self.verifier, self.store, cfg.limits.max_audio_seconds, None, cfg.microphone.mode
         )
+        self.handler.mic_rate = cfg.microphone.sample_rate
         self.service = MqttService(cfg, self.handler, model_name=self.verifier.model_name)
         if cfg.wyoming.enabled:
             self._start_wyoming()  # before MQTT: a port in use stops the start-up before anything is published
@@ -194,7 +197,9 @@ class Daemon:
             notify.ready(f"reload failed: {exc.message}")
             return
         old = self.config
-        if (new.model, new.threads, new.threshold) != (old.model, old.threads, old.threshold):
+        if (new.model, new.threads, new.threshold, new.score, new.target_far) != (
+            old.model, old.threads, old.threshold, old.score, old.target_far
+        ):
             try:
                 self.verifier = _load_verifier(new)
             except EdgeVerifyError as exc:

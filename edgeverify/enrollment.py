@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence, Union
 
 from .audio import Audio, read_audio
 from .errors import AudioError, EdgeVerifyError
+from .scoring import band_for_rate
 from .profiles import RECOMMENDED_CLIPS, Profile, ProfileStore, check_clipping, check_name
 
 ClipSource = Union[str, "os.PathLike[str]", bytes, Audio]
@@ -83,12 +84,15 @@ def enroll(
         for i, c in enumerate(clips)
     ]
     report = EnrollmentReport(name=name)
-    embeddings = []
+    embeddings, seconds, rates = [], [], []
     for clip, clip_name in zip(clips, names):
         try:
             audio = clip if isinstance(clip, Audio) else read_audio(clip, name=clip_name, max_seconds=max_seconds)
             check_clipping(audio.samples, clip_name)
-            embeddings.append(verifier.embed(audio))  # NoSpeechError/TooShortError name the clip
+            embedding, speech_s = verifier.embed_with_speech(audio)  # NoSpeechError/TooShortError name the clip
+            embeddings.append(embedding)
+            seconds.append(speech_s)
+            rates.append(audio.source_rate)
             report.clips.append(ClipReport(clip_name, True, round(audio.duration_s, 2)))
         except AudioError as exc:
             report.clips.append(ClipReport(clip_name, False, None, exc.code, exc.message))
@@ -96,7 +100,8 @@ def enroll(
     if report.error is not None:
         return report
     try:
-        report.profile = store.enroll(name, embeddings, clip_names=names, replace=replace, model=verifier.model_name)
+        report.profile = store.enroll(name, embeddings, clip_names=names, replace=replace, model=verifier.model_name,
+                                      speech_s=seconds, scorer=verifier.scorer, band=band_for_rate(max(rates)))
     except EdgeVerifyError as exc:
         report.error = exc
     return report

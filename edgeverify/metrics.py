@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import EdgeVerifyError
 
-__all__ = ["det_curve", "compute_eer", "min_dcf", "plot_det"]
+__all__ = ["det_curve", "compute_eer", "min_dcf", "error_rates", "cllr", "min_cllr", "pav", "plot_det"]
 
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +84,60 @@ def min_dcf(
     i = int(np.argmin(cost))
     t = thr[i] if np.isfinite(thr[i]) else thr[i + 1] + 1e-6
     return float(cost[i] / c_def), float(t)
+
+
+def error_rates(accepted: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(false-accept rate, false-reject rate) of actual decisions, not of a swept threshold."""
+    a = np.asarray(accepted).ravel().astype(bool)
+    y = np.asarray(labels).ravel().astype(bool)
+    if a.shape != y.shape or not y.any() or y.all():
+        raise EdgeVerifyError("need decisions for both target (1) and non-target (0) trials")
+    return float(a[~y].mean()), float((~a[y]).mean())
+
+
+def cllr(llrs: np.ndarray, labels: np.ndarray) -> float:
+    """Log-likelihood-ratio cost in bits (Brummer): 0 is perfect, 1 is an uninformative system."""
+    s, y = _check(llrs, labels)
+    # log2(1 + e^x) computed without overflow
+    miss = np.logaddexp(0.0, -s[y]) / np.log(2.0)
+    fa = np.logaddexp(0.0, s[~y]) / np.log(2.0)
+    return float(0.5 * (miss.mean() + fa.mean()))
+
+
+def pav(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Pool-adjacent-violators: the non-decreasing sequence closest (weighted least squares) to values."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    means: list[float] = []
+    sums: list[float] = []
+    counts: list[int] = []
+    for x, wx in zip(v, w):
+        means.append(x)
+        sums.append(wx)
+        counts.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            m2, w2, c2 = means.pop(), sums.pop(), counts.pop()
+            m1, w1, c1 = means[-1], sums[-1], counts[-1]
+            means[-1] = (m1 * w1 + m2 * w2) / (w1 + w2)
+            sums[-1] = w1 + w2
+            counts[-1] = c1 + c2
+    return np.repeat(means, counts)
+
+
+def min_cllr(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Cllr after the best monotone (PAV / ROC convex hull) calibration: the discrimination-only loss."""
+    s, y = _check(scores, labels)
+    # targets first among ties, so tied scores pool into one bin (no credit for an arbitrary order)
+    order = np.lexsort((~y, s))
+    posterior = pav(y[order].astype(np.float64))
+    n_t, n_n = int(y.sum()), int((~y).sum())
+    eps = 1e-12
+    p = np.clip(posterior, eps, 1.0 - eps)
+    llr = np.log(p / (1.0 - p)) - np.log(n_t / n_n)
+    # clipping keeps log finite; the PAV bins at 0 or 1 contribute 0 cost, as they should
+    out = np.empty_like(llr)
+    out[order] = llr
+    return cllr(out, y)
 
 
 def plot_det(path: str | os.PathLike, curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:

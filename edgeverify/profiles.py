@@ -1,5 +1,9 @@
 """Enrolled speaker profiles on disk: one JSON file per speaker holding the mean normalised embedding.
 
+For calibrated scoring a profile also stores its cohort statistics (the embedding centred on each
+band's cohort mean) with the cohort's fingerprint, computed at enrollment and recomputed on load when
+the shipped cohort changed, so identifying among many profiles costs a few dot products each.
+
 Plain numpy + files (no MQTT, no model): the daemon, the CLI and tests share it. Writes are atomic
 (temp file + rename) so a reader never sees half a profile, and files are private (0600 in a 0700
 directory) because a voice print is biometric data.
@@ -14,12 +18,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from .config import PROFILE_NAME_RE
 from .errors import AudioError, ProfileError, UnknownProfileError
+
+if TYPE_CHECKING:
+    from .scoring import Scorer, Side
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,10 @@ class Profile:
     clips: int
     created: str
     model: Optional[str] = None
+    speech_s: float = 10.0  # total speech of the enrollment clips (quality term); 10 s for 0.1 profiles
+    band: str = "16k"
+    cohort: Optional[dict] = None  # {"fingerprint": ..., "centred": {band: (clips, d)}} (scoring.Scorer.side)
+    clip_embeddings: Optional[np.ndarray] = None  # (clips, d) L2-normalised; scored clip by clip, then averaged
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:
@@ -65,6 +76,44 @@ def check_clipping(samples: np.ndarray, name: str = "clip", limit: float = MAX_C
         )
 
 
+def _rounded(x: np.ndarray) -> list:
+    return np.round(np.asarray(x, dtype=np.float64), 8).tolist()
+
+
+def _rows(v: object) -> np.ndarray:
+    """(n, d) matrix of L2-normalised rows from a JSON list (a vector or a list of vectors)."""
+    m = np.atleast_2d(np.asarray(v, dtype=np.float64))
+    if m.ndim != 2 or m.shape[0] == 0 or m.shape[0] > 1000:
+        raise ValueError(f"bad embedding matrix shape {m.shape}")
+    return np.stack([_normalise(r) for r in m])
+
+
+def _cohort_stats(scorer: Optional["Scorer"], embedding: np.ndarray, speech_s: float, band: str,
+                  clips: np.ndarray) -> Optional[dict]:
+    if scorer is None:
+        return None
+    side = scorer.side(embedding, speech_s, band, clips=clips)
+    return {"fingerprint": scorer.fingerprint, "centred": side.centred}
+
+
+def _read_clips(doc: object) -> Optional[np.ndarray]:
+    try:
+        return None if doc is None else _rows(doc)
+    except (ValueError, TypeError, ProfileError):
+        return None
+
+
+def _read_cohort(doc: object) -> Optional[dict]:
+    """Stored cohort statistics, or None when absent/malformed (then recomputed from the embeddings)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("centred"), dict):
+        return None
+    try:
+        centred = {str(b): _rows(v) for b, v in doc["centred"].items()}
+    except (ValueError, TypeError, ProfileError):
+        return None
+    return {"fingerprint": str(doc.get("fingerprint", "")), "centred": centred}
+
+
 class ProfileStore:
     """Profiles under <state_dir>/profiles/<name>.json; re-read when the directory changes on disk."""
 
@@ -73,6 +122,7 @@ class ProfileStore:
         self.min_consistency = float(min_consistency)
         self._cache: dict[str, Profile] = {}
         self._stamp: Optional[int] = None
+        self._sides: dict = {}
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -87,6 +137,9 @@ class ProfileStore:
         clip_names: Optional[Sequence[str]] = None,
         replace: bool = False,
         model: Optional[str] = None,
+        speech_s: Optional[Sequence[float]] = None,
+        scorer: Optional["Scorer"] = None,
+        band: str = "16k",
     ) -> Profile:
         """Mean of the normalised clip embeddings, re-normalised; refuses inconsistent clips."""
         check_name(name)
@@ -108,12 +161,19 @@ class ProfileStore:
                 )
         if not replace and self.path(name).exists():
             raise ProfileError(f"profile {name!r} already exists (forget it first, or replace it)")
+        mean = _normalise(vecs.mean(axis=0))
+        # the quality term of a profile trial: a typical enrollment clip's speech (scores are per clip)
+        clip_s = float(np.mean(speech_s)) if speech_s is not None and len(speech_s) else 10.0
         profile = Profile(
             name=name,
-            embedding=_normalise(vecs.mean(axis=0)),
+            embedding=mean,
             clips=len(vecs),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             model=model,
+            speech_s=clip_s,
+            band=band,
+            cohort=_cohort_stats(scorer, mean, clip_s, band, vecs),
+            clip_embeddings=vecs,
         )
         self._write(profile)
         if len(vecs) < RECOMMENDED_CLIPS:
@@ -127,8 +187,17 @@ class ProfileStore:
             "clips": p.clips,
             "created": p.created,
             "model": p.model,
-            "embedding": [round(float(x), 8) for x in p.embedding],
+            "speech_s": round(p.speech_s, 2),
+            "band": p.band,
+            "embedding": _rounded(p.embedding),
         }
+        if p.clip_embeddings is not None:
+            doc["clip_embeddings"] = _rounded(p.clip_embeddings)
+        if p.cohort is not None:
+            doc["cohort"] = {
+                "fingerprint": p.cohort["fingerprint"],
+                "centred": {b: _rounded(v) for b, v in p.cohort["centred"].items()},
+            }
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -181,12 +250,36 @@ class ProfileStore:
                     clips=int(doc.get("clips", 1)),
                     created=str(doc.get("created", "")),
                     model=doc.get("model"),
+                    speech_s=float(doc.get("speech_s", 10.0)),
+                    band="8k" if doc.get("band") == "8k" else "16k",
+                    cohort=_read_cohort(doc.get("cohort")),
+                    clip_embeddings=_read_clips(doc.get("clip_embeddings")),
                 )
             except (OSError, ValueError, KeyError, TypeError, ProfileError) as exc:
                 log.warning("ignoring unreadable profile %s: %s", f, exc)
                 continue
             cache[p.name] = p
         self._cache, self._stamp = cache, stamp
+        self._sides = {}
+
+    def sides(self, scorer: Optional["Scorer"]) -> dict[str, tuple[np.ndarray, Optional["Side"]]]:
+        """Every profile prepared for scoring: stored cohort statistics when they match `scorer`'s
+        cohort, else recomputed (and cached until the profiles or the cohort change)."""
+        self._refresh()
+        key = None if scorer is None else scorer.fingerprint
+        if key not in self._sides:
+            out: dict[str, tuple[np.ndarray, Optional["Side"]]] = {}
+            for name, p in self._cache.items():
+                side = None
+                if scorer is not None:
+                    stats = p.cohort if p.cohort and p.cohort.get("fingerprint") == key else None
+                    if stats is None:
+                        log.info("profile %s: cohort changed, recomputing its cohort statistics", name)
+                    side = scorer.side(p.embedding, p.speech_s, p.band, stats["centred"] if stats else None,
+                                       clips=p.clip_embeddings)
+                out[name] = (p.embedding, side)
+            self._sides = {key: out}
+        return self._sides[key]
 
     def reload(self) -> int:
         self._stamp = None

@@ -58,7 +58,8 @@ class Request:
     first: Optional[Clip] = None
     second: Optional[Clip] = None
     profile: Optional[str] = None
-    threshold: Optional[float] = None
+    threshold: Optional[float] = None  # raw cosine threshold (old clients)
+    target_far: Optional[float] = None  # calibrated operating point (scoring.py)
     seconds: Optional[float] = None  # capture: fixed length; None = the next utterance
 
     def meta(self) -> dict[str, Any]:
@@ -134,6 +135,15 @@ def _opt_float(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> Option
     return f
 
 
+def _target_far(obj: Mapping[str, Any], threshold: Optional[float]) -> Optional[float]:
+    from .scoring import FAR_MAX, FAR_MIN
+
+    far = _opt_float(obj, "target_far", FAR_MIN, FAR_MAX)
+    if far is not None and threshold is not None:
+        raise RequestError("give either 'threshold' or 'target_far', not both")
+    return far
+
+
 def _clip(obj: Mapping[str, Any], key: str) -> Clip:
     c = obj.get(key)
     if not isinstance(c, Mapping):
@@ -163,6 +173,7 @@ def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
         raise RequestError("'reply_to' must be a string (an MQTT topic)")
     req.reply_to = obj.get("reply_to")  # a topic is never cut: a cut topic is another topic
     req.threshold = _opt_float(obj, "threshold", -1.0, 1.0)
+    req.target_far = _target_far(obj, req.threshold)
     req.seconds = _opt_float(obj, "seconds", 0.5, 60.0)
     if kind in ("verify", "verify_profile", "identify"):
         req.first = _clip(obj, "first")
@@ -180,6 +191,7 @@ def parse_raw_request(kind: str, payload: bytes, props: Mapping[str, str]) -> Re
     req = Request(type=kind, **{k: _opt_str(props, k) for k in META_FIELDS + ("reply_to", "profile")})
     req.reply_to = props.get("reply_to")  # never cut (see parse_request)
     req.threshold = _opt_float(props, "threshold", -1.0, 1.0)
+    req.target_far = _target_far(props, req.threshold)
     req.first = Clip(name=_cut(props.get("name") or "audio"), data=bytes(payload))
     if kind == "verify_profile" and not req.profile:
         raise RequestError("user property 'profile' is required for verify_profile")

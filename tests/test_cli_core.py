@@ -35,16 +35,19 @@ def test_verify_same_and_different(speech_dir: Path, int8_model: Path) -> None:
     out = json.loads(same.stdout)
     for key in ("same_speaker", "score", "threshold", "first_file", "second_file", "analyzer_id", "analysis_id", "timestamp"):
         assert key in out
-    assert out["same_speaker"] is True and out["score"] >= out["threshold"]
+    # calibrated default: the llr is compared with the EER operating point; score stays the raw cosine
+    assert out["same_speaker"] is True and out["llr"] >= out["threshold"] and out["operating_point"] == "eer"
     assert out["first_file"].endswith(SAME[0])
 
     diff = edgeverify("verify", *_pair(speech_dir, DIFFERENT), "--json")
     assert diff.returncode == 0, diff.stderr
     out = json.loads(diff.stdout)
-    assert out["same_speaker"] is False and out["score"] < out["threshold"]
+    assert out["same_speaker"] is False and out["llr"] < out["threshold"]
 
-    text = edgeverify("verify", *_pair(speech_dir, SAME), "--threshold", "0.99")
+    text = edgeverify("verify", *_pair(speech_dir, SAME), "--threshold", "0.99")  # raw cosine, as in 0.1
     assert text.returncode == 0 and text.stdout.startswith("different speakers")
+    both = edgeverify("verify", *_pair(speech_dir, SAME), "--threshold", "0.5", "--target-far", "0.01")
+    assert both.returncode == 2 and "either --threshold or --target-far" in both.stderr
 
 
 def test_verify_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, speech_dir: Path, int8_model: Path, write_clip) -> None:
@@ -68,11 +71,22 @@ def test_eval_json_on_a_small_trial_list(tmp_path: Path, speech_dir: Path, int8_
     picked = [l for l in lines if l.split()[1].startswith(("so762-0157/", "vctk-p226/"))][:30]
     trials = tmp_path / "trials.txt"
     trials.write_text("\n".join(picked) + "\n")
-    result = edgeverify("eval", "--root", str(speech_dir / "dev"), "--trials", str(trials), "--json", "--quiet")
+    result = edgeverify("eval", "--root", str(speech_dir / "dev"), "--trials", str(trials), "--json", "--quiet",
+                        "--score", "cosine")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["n_trials"] == len(picked) and out["n_target"] == sum(l.startswith("1") for l in picked)
     assert 0.0 <= out["eer_percent"] <= 50.0 and 0.0 <= out["min_dcf"] <= 1.0 and -1.0 <= out["threshold"] <= 1.0
+    assert out["score_mode"] == "cosine" and out["cllr"] is None and out["operating_point"] == "eer"
+    # the default (calibrated llr) at a requested false-accept rate: the decisions' error rates and Cllr
+    result = edgeverify("eval", "--root", str(speech_dir / "dev"), "--trials", str(trials), "--json", "--quiet",
+                        "--target-far", "0.01")
+    assert result.returncode == 0, result.stderr
+    cal = json.loads(result.stdout)
+    assert cal["score_mode"] == "calibrated" and cal["operating_point"] == "far=0.01"
+    for key in ("far_percent", "frr_percent", "cllr", "min_cllr"):
+        assert 0.0 <= cal[key] <= 100.0, key
+    assert cal["min_cllr"] <= cal["cllr"] + 1e-9 and cal["n_trials"] == out["n_trials"]
 
 
 def test_eval_rejects_bad_trial_file(tmp_path: Path, speech_dir: Path, int8_model: Path) -> None:

@@ -23,6 +23,7 @@ def test_defaults() -> None:
     assert c.mqtt.port == 1883 and c.mqtt.qos == 1 and c.mqtt.topic_prefix == "edgeverify"
     assert c.mqtt.discovery_prefix == "homeassistant" and c.mqtt.shared_group is None
     assert c.threshold is None and c.model == "int8" and c.state_dir == DEFAULT_STATE_DIR
+    assert c.target_far is None and c.score == "calibrated"
     assert c.microphone.enabled is False and c.microphone.sample_rate == 16000
     assert c.client_id == f"edgeverify-{c.device_id}"
 
@@ -32,6 +33,10 @@ def test_defaults() -> None:
     [
         ({"mqtt": {"port": "abc"}}, "mqtt.port: must be an integer 1-65535, got 'abc'"),
         ({"mqtt": {"port": 70000}}, "mqtt.port: must be an integer 1-65535, got 70000"),
+        ({"target_far": 0.9}, "target_far: must be"),
+        ({"target_far": 0.01, "threshold": 0.4}, "target_far: cannot be combined with threshold"),
+        ({"score": "asnorm"}, "score: must be one of calibrated, cosine"),
+        ({"score": "cosine", "target_far": 0.01}, "target_far: needs score: calibrated"),
         ({"mqtt": {"prot": 1883}}, "mqtt.prot: unknown key"),
         ({"mqtt": {"qos": 3}}, "mqtt.qos: must be an integer 0-2"),
         ({"mqtt": {"topic_prefix": "a/#"}}, "mqtt.topic_prefix: must be a topic without + # or NUL"),

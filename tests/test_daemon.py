@@ -185,14 +185,20 @@ def test_verify_same_and_different_speaker(daemon: DaemonProcess, hub: Hub, clip
     meta = dict(request_id="r-1", requestor_id="hub-7", requestor_type="hub", analysis_id="an-1")
     same = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(a[4]), **meta))
     assert same["ok"] is True and same["same_speaker"] is True, same
-    assert same["score"] >= same["threshold"]
+    # calibrated default: the llr decides against the EER operating point; score stays the cosine
+    assert same["operating_point"] == "eer" and same["llr"] >= same["threshold"] and -1 <= same["score"] <= 1
     for k, v in meta.items():
         assert same[k] == v
     assert same["first_file"] == a[3].name and same["second_file"] == a[4].name
     assert same["analyzer_id"] == "dev1" and same["type"] == "verify"
     assert same["timestamp"].endswith("Z") and same["elapsed_ms"] > 0
     diff = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(b[4]), request_id="r-2"))
-    assert diff["ok"] is True and diff["same_speaker"] is False and diff["score"] < diff["threshold"], diff
+    assert diff["ok"] is True and diff["same_speaker"] is False and diff["llr"] < diff["threshold"], diff
+    strict = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(a[4]), target_far=0.001))
+    assert strict["operating_point"] == "far=0.001" and strict["threshold"] > same["threshold"], strict
+    assert strict["llr"] == same["llr"]
+    old = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(b[4]), threshold=0.99))
+    assert old["operating_point"] == "threshold" and old["threshold"] == 0.99 and "llr" not in old, old
     uuid.UUID(diff["analysis_id"])  # generated when absent
     assert diff["request_id"] == "r-2"
 

@@ -47,6 +47,10 @@ B64 = base64.b64encode(b"RIFF....").decode()
         (b'{"type": "identify", "threshold": 5, "first": {"audio_b64": "AAAA"}}', "'threshold' must be a number in -1..1"),
         (b'{"type": "identify", "request_id": {"x": 1}, "first": {"audio_b64": "AAAA"}}', "'request_id' must be a string"),
         (b'{"type": "verify_profile", "first": {"audio_b64": "AAAA"}}', "'profile' is required"),
+        (b'{"type": "identify", "target_far": 0.9, "first": {"audio_b64": "AAAA"}}', "'target_far' must be a number in"),
+        (b'{"type": "identify", "target_far": "x", "first": {"audio_b64": "AAAA"}}', "'target_far' must be a number"),
+        (b'{"type": "identify", "target_far": 0.01, "threshold": 0.4, "first": {"audio_b64": "AAAA"}}',
+         "either 'threshold' or 'target_far'"),
         (b'{"type": "capture", "seconds": 0}', "'seconds' must be a number in 0.5..60"),
     ],
 )
@@ -70,6 +74,7 @@ def test_good_request_round_trip() -> None:
 def test_raw_request_and_salvage() -> None:
     req = parse_raw_request("identify", b"RIFF", {"request_id": "q", "name": "door.wav", "threshold": "0.4"})
     assert req.first.name == "door.wav" and req.threshold == 0.4 and req.request_id == "q"
+    assert parse_raw_request("identify", b"RIFF", {"target_far": "0.01"}).target_far == 0.01
     with pytest.raises(RequestError, match="user property 'profile'"):
         parse_raw_request("verify_profile", b"RIFF", {})
     with pytest.raises(RequestError, match="raw audio requests"):

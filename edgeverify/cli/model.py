@@ -25,6 +25,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even if both models exist")
     build.set_defaults(func=_build)
 
+    cal = actions.add_parser(
+        "calibrate",
+        help="build the scoring cohort + calibration (models/cohort-<model>.json) from the shared dev speakers",
+    )
+    cal.add_argument("--speech-dir", type=Path, default=Path("../shared/data/speech"),
+                     help="shared speech folder holding dev/ (default ../shared/data/speech)")
+    cal.add_argument("--model", default="int8", help="int8 (default) or fp32")
+    cal.add_argument("--out", type=Path, default=None, help="output file (default: cohort-<model>.json next to the model)")
+    cal.add_argument("--report", action="store_true",
+                     help="also print speaker-disjoint figures on dev, dev8k and native8k (embeds those sets too)")
+    cal.add_argument("--degraded", type=Path, default=None,
+                     help="with --report: also the conditions written by `python -m edgeverify.tools.degrade --out DIR`")
+    cal.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    cal.set_defaults(func=_calibrate)
+
     info = actions.add_parser("info", help="print a model's metadata")
     info.add_argument("model", nargs="?", default="int8", help="int8, fp32 or a path to an .onnx file")
     info.set_defaults(func=_info)
@@ -37,6 +52,20 @@ def _build(args: argparse.Namespace) -> int:
     paths = build_models(args.out or REPO_MODELS, args.checkpoint, args.calibration_audio, args.force)
     for variant, path in paths.items():
         print(f"{variant}\t{path}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..cohort_build import build
+
+    def progress(label: str, done: int, total: int) -> None:
+        if not args.quiet and (done == total or done % 100 == 0):
+            print(f"{label}: embedded {done}/{total}", file=sys.stderr, flush=True)
+
+    path, figures = build(args.speech_dir, args.model, args.out, args.report, progress, args.degraded)
+    print(json.dumps({"cohort": str(path), "heldout": figures}, indent=1))
     return 0
 
 

@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("identify", help="which enrolled speaker is this clip? (best profile and score, or unknown)")
     p.add_argument("clip", help="WAV/FLAC clip")
-    p.add_argument("--threshold", type=float, default=None, help="minimum score to name a speaker (default: the model's)")
+    p.add_argument("--threshold", type=float, default=None, help="raw cosine threshold to name a speaker (0.1 behaviour)")
+    p.add_argument("--target-far", type=float, default=None, metavar="F",
+                   help="operating point: false-accept rate F per profile on the calibration trials (default: EER point)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _common(p)
     p.set_defaults(func=identify)
@@ -51,10 +53,14 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     return config, store
 
 
-def _verifier(config: Any, threshold: Any = None) -> Any:
+def _verifier(config: Any, threshold: Any = None, target_far: Any = None) -> Any:
     from ..verifier import Verifier
 
-    return Verifier.load(config.model, threads=config.threads, threshold=threshold if threshold is not None else config.threshold)
+    if threshold is not None or target_far is not None:  # the command line replaces the config's operating point
+        return Verifier.load(config.model, threads=config.threads, threshold=threshold, score_mode=config.score,
+                             target_far=target_far)
+    return Verifier.load(config.model, threads=config.threads, threshold=config.threshold, score_mode=config.score,
+                         target_far=config.target_far)
 
 
 def enroll(args: argparse.Namespace) -> int:
@@ -100,19 +106,21 @@ def identify(args: argparse.Namespace) -> int:
     from ..audio import read_audio
 
     config, store = _setup(args)
-    verifier = _verifier(config, args.threshold)
-    best, score, scores = store.identify(verifier.embed(read_audio(args.clip)), verifier.threshold)
+    verifier = _verifier(config, args.threshold, getattr(args, "target_far", None))
+    test = verifier.prepare(read_audio(args.clip))
+    best, d, scores = verifier.identify(test, store.sides(verifier.scorer))
     if args.json:
         print(json.dumps({
             "speaker": best,
-            "score": None if score is None else round(score, 6),
-            "threshold": verifier.threshold,
+            **(d.fields() if d is not None else {"score": None, "threshold": verifier.threshold}),
+            "same_speaker": best is not None,
             "scores": {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])},
             "file": args.clip,
         }))
-    elif best is None:
-        closest = "" if score is None else f" (closest score {score:.4f} < threshold {verifier.threshold:.4f})"
-        print(f"unknown{closest}" if scores else "unknown (no profiles enrolled)")
+    elif d is None:
+        print("unknown (no profiles enrolled)")
     else:
-        print(f"{best}: score {score:.4f} >= threshold {verifier.threshold:.4f}")
+        value = f"score {d.score:.4f}" if d.llr is None else f"llr {d.llr:.3f} (cosine {d.score:.4f})"
+        relation = ">=" if best is not None else "<"
+        print(f"{best or 'unknown'}: {value} {relation} threshold {d.threshold:.4f} ({d.operating_point})")
     return 0

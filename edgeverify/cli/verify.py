@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from ..scoring import DEFAULT_SCORE_MODE, SCORE_MODES
 from ..vad import DEFAULT_VAD_MODE, VAD_MODES
 
 
@@ -25,30 +26,53 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a trial is scored and decided: the same flags (and defaults) for verify, identify and eval."""
+    parser.add_argument(
+        "--score", choices=SCORE_MODES, default=DEFAULT_SCORE_MODE,
+        help="calibrated: cohort-centred cosine -> calibrated llr (default); cosine: raw cosine as in 0.1",
+    )
+    parser.add_argument(
+        "--target-far", type=float, default=None, metavar="F",
+        help="operating point: accept at the llr whose false-accept rate on the calibration trials is F "
+        "(e.g. 0.01); default: the EER point",
+    )
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="raw cosine threshold instead of an operating point (0.1 behaviour)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("verify", help="decide whether two WAV/FLAC clips are the same speaker")
     parser.add_argument("first", help="first clip (WAV or FLAC, any rate, mono or multi-channel)")
     parser.add_argument("second", help="second clip")
-    parser.add_argument("--threshold", type=float, default=None, help="cosine threshold (default: the model's calibrated one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     parser.add_argument("--analyzer-id", default=None, help="id of this analyser in the output (default: host name)")
     parser.add_argument("--analysis-id", default=None, help="id of this analysis in the output (default: a new UUID)")
     add_model_arguments(parser)
+    add_decision_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def load_verifier(args: argparse.Namespace):  # -> Verifier (lazy import keeps --help fast)
+    """The verifier that --model/--threads/--vad/--score/--target-far/--threshold describe."""
+    from ..errors import ConfigError
+    from ..verifier import Verifier
+
+    if args.threshold is not None and args.target_far is not None:
+        raise ConfigError("give either --threshold or --target-far, not both")
+    return Verifier.load(args.model, threads=args.threads, threshold=args.threshold, vad_mode=args.vad,
+                         score_mode=args.score, target_far=args.target_far)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..audio import read_audio
-    from ..verifier import Verifier
 
     started = time.perf_counter()
-    verifier = Verifier.load(args.model, threads=args.threads, threshold=args.threshold, vad_mode=args.vad)
+    verifier = load_verifier(args)
     first, second = read_audio(args.first), read_audio(args.second)
     decision = verifier.verify(first, second)
     result = {
-        "same_speaker": decision.same_speaker,
-        "score": round(decision.score, 6),
-        "threshold": decision.threshold,
+        **decision.fields(),
         "first_file": args.first,
         "second_file": args.second,
         "analyzer_id": args.analyzer_id or socket.gethostname(),
@@ -62,5 +86,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         verdict = "same speaker" if decision.same_speaker else "different speakers"
         relation = ">=" if decision.same_speaker else "<"
-        print(f"{verdict}: score {decision.score:.4f} {relation} threshold {decision.threshold:.4f}")
+        if decision.llr is None:
+            print(f"{verdict}: score {decision.score:.4f} {relation} threshold {decision.threshold:.4f}")
+        else:
+            print(f"{verdict}: llr {decision.llr:.3f} {relation} {decision.threshold:.3f} ({decision.operating_point}); "
+                  f"cosine {decision.score:.4f}")
     return 0
