@@ -13,11 +13,11 @@ import signal
 import time
 from typing import Any, Optional
 
-from . import notify
-from .config import Config, load_config
+from .systemd import notify
+from .store.config import Config, load_config
 from .errors import ConfigError, EdgeVerifyError
-from .handler import RequestHandler
-from .profiles import ProfileStore
+from .mqtt.handler import RequestHandler
+from .store.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ MIC_RETRY_S = 30.0
 
 
 def _load_verifier(config: Config) -> Any:
-    from .verifier import Verifier
+    from .core.verifier import Verifier
 
     started = time.perf_counter()
     verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold, vad_mode=config.vad_mode,
@@ -65,7 +65,7 @@ class Daemon:
     # -- life cycle ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from .mqtt_service import MqttService
+        from .mqtt.service import MqttService
 
         cfg = self.config
         notify.setup_logging(cfg.log_level)
@@ -154,8 +154,8 @@ class Daemon:
             self._start_microphone()
 
     def _start_microphone(self) -> None:
-        from .microphone import MicrophoneListener  # sounddevice/PortAudio only when the microphone is used
-        from .vad import VadConfig
+        from .microphone.listener import MicrophoneListener  # sounddevice/PortAudio only when the microphone is used
+        from .core.vad import VadConfig
 
         mic = self.config.microphone
         self._mic_retry_at = time.monotonic() + MIC_RETRY_S
@@ -179,7 +179,7 @@ class Daemon:
 
     def _start_wyoming(self) -> None:
         """The Wyoming proxy on its own asyncio thread, sharing the handler (one model in memory)."""
-        from .wyoming_proxy import ProxyOptions, ProxyThread, SpeakerIdProxy  # the wyoming package only when enabled
+        from .wyoming_stt.proxy import ProxyOptions, ProxyThread, SpeakerIdProxy  # the wyoming package only when enabled
 
         w = self.config.wyoming
         # decisions feed Home Assistant's event entity and the retained state, like MQTT and microphone ones

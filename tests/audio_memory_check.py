@@ -79,7 +79,7 @@ def speech(seconds: float, rate: int = RATE) -> np.ndarray:
         t = np.arange(int(seconds * RATE)) / RATE
         x = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
     if rate != RATE:
-        from edgeverify.audio import resample
+        from edgeverify.core.audio import resample
 
         x = resample(x.astype(np.float64), RATE, rate).astype(np.float32)
     return x
@@ -123,7 +123,7 @@ def _own_flac(x: np.ndarray, bps: int) -> bytes:
 _CHILD = r"""
 import json, sys, time, tracemalloc, io
 import numpy as np, soundfile as sf
-from edgeverify.audio import read_audio
+from edgeverify.core.audio import read_audio
 from edgeverify.errors import AudioError
 b = io.BytesIO(); sf.write(b, np.zeros(1600, np.float32), 8000, format="FLAC"); read_audio(b.getvalue())  # warm up
 path = sys.argv[1]

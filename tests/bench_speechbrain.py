@@ -40,7 +40,7 @@ def _torchaudio_stub() -> None:
 def _signal(seconds: float):
     import numpy as np
 
-    rng = np.random.default_rng(7)  # same test signal as edgeverify.bench
+    rng = np.random.default_rng(7)  # same test signal as edgeverify.tools.bench
     n = int(seconds * 16000)
     t = np.arange(n) / 16000
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)

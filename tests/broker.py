@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import paho.mqtt.client as mqtt
 
-from edgeverify.mqtt_guard import guard_publish, tolerate_bom
+from edgeverify.mqtt.guard import guard_publish, tolerate_bom
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 

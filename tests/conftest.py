@@ -76,7 +76,7 @@ def _model_file(variant: str) -> Path:
     """The built model, or skip -- but fail when EDGEVERIFY_REQUIRE_MODEL=1 (tests/run.sh sets it: CI must
     never silently skip the model tests because the build step broke)."""
     from edgeverify.errors import ModelError
-    from edgeverify.model_store import resolve_model
+    from edgeverify.core.model_store import resolve_model
 
     try:
         return resolve_model(variant)
@@ -99,6 +99,6 @@ def fp32_model() -> Path:
 @pytest.fixture(scope="session")
 def int8_verifier(int8_model: Path):
     """One loaded int8 Verifier with the product defaults (VAD on, calibrated threshold)."""
-    from edgeverify.verifier import Verifier
+    from edgeverify.core.verifier import Verifier
 
     return Verifier.load(str(int8_model))

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from edgeverify.audio import TARGET_RATE, Audio, audio_from_array, read_audio
+from edgeverify.core.audio import TARGET_RATE, Audio, audio_from_array, read_audio
 from edgeverify.errors import (
     AudioError,
     EmptyAudioError,
@@ -265,8 +265,8 @@ def test_real_recordings(speech_dir):
 from audio_memory_check import noise_ogg, patch_ogg_rate, silent_flac, speech, zero_flac_total  # noqa: E402
 from flac_encoder import encode_flac  # noqa: E402
 
-from edgeverify import audio as audio_mod  # noqa: E402
-from edgeverify.flac import FlacStream  # noqa: E402
+from edgeverify.core import audio as audio_mod  # noqa: E402
+from edgeverify.core.flac import FlacStream  # noqa: E402
 
 
 def _peak_alloc(fn) -> tuple[object, int]:
@@ -367,9 +367,9 @@ def test_runtime_does_not_import_scipy():
 
     code = (
         "import sys, numpy as np\n"
-        "import edgeverify.audio, edgeverify.verifier, edgeverify.handler, edgeverify.microphone\n"
-        "import edgeverify.daemon, edgeverify.mqtt_service, edgeverify.cli.daemon, edgeverify.cli.verify\n"
-        "from edgeverify.audio import audio_from_array, resample\n"
+        "import edgeverify.core.audio, edgeverify.core.verifier, edgeverify.mqtt.handler, edgeverify.microphone.listener\n"
+        "import edgeverify.daemon, edgeverify.mqtt.service, edgeverify.cli.daemon, edgeverify.cli.verify\n"
+        "from edgeverify.core.audio import audio_from_array, resample\n"
         "audio_from_array(np.zeros(8000, np.int16), 8000); resample(np.zeros(4410), 44100)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n"
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeverify.bench import count_macs, cpu_int8_features
+from edgeverify.tools.bench import count_macs, cpu_int8_features
 
 FRAME_LEVEL_MATMULS = ("asp.tdnn.conv.conv.weight_t", "asp.conv.conv.weight_t")
 UTTERANCE_LEVEL = ("se_block", "asp.tdnn.conv.mean", "asp.tdnn.conv.std", "fc.conv")  # run once per clip

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeverify.config import DEFAULT_STATE_DIR, config_path, load_config, parse_config
+from edgeverify.store.config import DEFAULT_STATE_DIR, config_path, load_config, parse_config
 from edgeverify.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 
-from edgeverify.protocol import encode_request  # noqa: E402
+from edgeverify.mqtt.protocol import encode_request  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "evtest"
@@ -136,8 +136,8 @@ def clips(speech_dir: Path) -> dict[str, list[Path]]:
 
 @pytest.fixture(scope="module")
 def state_dir(tmp_path_factory: pytest.TempPathFactory, int8_verifier: Any, clips: dict[str, list[Path]]) -> Path:
-    from edgeverify.audio import read_audio
-    from edgeverify.profiles import ProfileStore
+    from edgeverify.core.audio import read_audio
+    from edgeverify.store.profiles import ProfileStore
 
     root = tmp_path_factory.mktemp("state")
     store = ProfileStore(root)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edgeverify.ha_discovery import NO_MATCH, Topics, device_discovery, discovery_messages, event_type, kind_state, last_state
+from edgeverify.mqtt.ha_discovery import NO_MATCH, Topics, device_discovery, discovery_messages, event_type, kind_state, last_state
 
 T = Topics("ev/dev1", "homeassistant", "dev1")
 

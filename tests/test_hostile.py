@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 from test_daemon import PREFIX, DaemonProcess, _b, clips, state_dir  # noqa: E402,F401  (module fixtures reused)
 
-from edgeverify.protocol import encode_request  # noqa: E402
-from edgeverify.topics import string_problem  # noqa: E402
+from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.mqtt.topics import string_problem  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
 
@@ -327,7 +327,7 @@ def _corr_props(corr: bytes) -> Any:
 
 DRIVER = '''
 import runpy, sys
-import edgeverify.mqtt_service as ms
+import edgeverify.mqtt.service as ms
 
 class InjectedFault(BaseException):
     """Not an Exception: escapes every handler, as a paho bug or interpreter fault would."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeverify.errors import EdgeVerifyError
-from edgeverify.metrics import compute_eer, det_curve, min_dcf, plot_det
+from edgeverify.core.metrics import compute_eer, det_curve, min_dcf, plot_det
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "models" / "spkrec-ecapa-voxceleb" / "reference"
 

@@ -18,8 +18,8 @@ import pytest
 import soundfile as sf
 
 from edgeverify.errors import ConfigError, MicrophoneError
-from edgeverify.microphone import MicrophoneListener, list_input_devices, resolve_device
-from edgeverify.vad import UtteranceCutter, VadConfig
+from edgeverify.microphone.listener import MicrophoneListener, list_input_devices, resolve_device
+from edgeverify.core.vad import UtteranceCutter, VadConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import virtual_mic  # noqa: E402
@@ -140,8 +140,8 @@ def test_capture_once_returns_the_first_utterance(session: dict) -> None:
 def test_captured_embedding_matches_the_file(session: dict) -> None:
     if not (REPO / "models" / "ecapa-int8.onnx").exists():
         pytest.skip("models/ecapa-int8.onnx not built yet (edgeverify model build --out models)")
-    from edgeverify.audio import audio_from_array, read_audio, resample
-    from edgeverify.verifier import Verifier
+    from edgeverify.core.audio import audio_from_array, read_audio, resample
+    from edgeverify.core.verifier import Verifier
 
     v = Verifier.load("int8")
     wide = [read_audio(p) for p, _, _ in session["recordings"]]
@@ -190,7 +190,7 @@ def test_missing_portaudio_is_a_clear_error() -> None:
     code = (
         "import sys; sys.modules['sounddevice'] = None\n"
         "from edgeverify.errors import MicrophoneError\n"
-        "from edgeverify.microphone import list_input_devices\n"
+        "from edgeverify.microphone.listener import list_input_devices\n"
         "try:\n    list_input_devices()\nexcept MicrophoneError as e:\n    print('ERR', e)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from edgeverify.model_build import BUILD_RECORD, build_fingerprint, built_models_current
-from edgeverify.model_store import MODEL_FILES, REPO_MODELS
+from edgeverify.build.model_build import BUILD_RECORD, build_fingerprint, built_models_current
+from edgeverify.core.model_store import MODEL_FILES, REPO_MODELS
 
 
 def _fake_build(tmp_path: Path) -> Path:

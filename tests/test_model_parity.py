@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeverify.audio import read_audio
-from edgeverify.checkpoint import load_state_dict
-from edgeverify.embedder import Embedder
+from edgeverify.core.audio import read_audio
+from edgeverify.build.checkpoint import load_state_dict
+from edgeverify.core.embedder import Embedder
 from edgeverify.errors import ModelError
-from edgeverify.features import normalized_features
-from edgeverify.metrics import compute_eer
+from edgeverify.core.features import normalized_features
+from edgeverify.core.metrics import compute_eer
 
 SETS = ("dev", "dev8k", "native8k")
 

@@ -1,4 +1,4 @@
-"""paho shims (edgeverify/mqtt_guard.py): a PUBLISH paho cannot decode is dropped and acknowledged, not the
+"""paho shims (edgeverify/mqtt/guard.py): a PUBLISH paho cannot decode is dropped and acknowledged, not the
 connection; U+FEFF in v5 string properties is accepted (mosquitto forwards it; paho 2.x refused it)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 
-from edgeverify.mqtt_guard import guard_publish, tolerate_bom  # noqa: E402
+from edgeverify.mqtt.guard import guard_publish, tolerate_bom  # noqa: E402
 
 
 def _s(b: bytes) -> bytes:

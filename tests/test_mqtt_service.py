@@ -16,9 +16,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub, free_port  # noqa: E402
 
-from edgeverify.config import parse_config  # noqa: E402
+from edgeverify.store.config import parse_config  # noqa: E402
 from edgeverify.errors import RequestError  # noqa: E402
-from edgeverify.protocol import (  # noqa: E402
+from edgeverify.mqtt.protocol import (  # noqa: E402
     Response,
     encode_request,
     error_response,
@@ -94,9 +94,9 @@ def test_response_shape() -> None:
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
 def test_service_connects_when_broker_appears_later(tmp_path: Path, int8_verifier: Any, speech_dir: Path) -> None:
     """Broker down at start-up: paho keeps retrying with backoff; requests work once it is up."""
-    from edgeverify.handler import RequestHandler
-    from edgeverify.mqtt_service import MqttService
-    from edgeverify.profiles import ProfileStore
+    from edgeverify.mqtt.handler import RequestHandler
+    from edgeverify.mqtt.service import MqttService
+    from edgeverify.store.profiles import ProfileStore
 
     broker = Broker()
     config = parse_config({"device_id": "late", "state_dir": str(tmp_path),

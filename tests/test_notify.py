@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeverify import notify
+from edgeverify.systemd import notify
 
 
 def _bind(addr: str) -> socket.socket:

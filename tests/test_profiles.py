@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgeverify.errors import AudioError, ProfileError, UnknownProfileError
-from edgeverify.profiles import ProfileStore, check_clipping
+from edgeverify.store.profiles import ProfileStore, check_clipping
 
 REPO = Path(__file__).resolve().parents[1]
 

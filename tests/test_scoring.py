@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeverify.metrics import cllr, compute_eer, error_rates, min_cllr, pav
-from edgeverify.scoring import Calibration, far_table, fit_logistic, quality
+from edgeverify.core.metrics import cllr, compute_eer, error_rates, min_cllr, pav
+from edgeverify.core.scoring import Calibration, far_table, fit_logistic, quality
 
 def _gauss(n_t: int = 2000, n_n: int = 8000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -63,7 +63,7 @@ def test_operating_points_are_ordered() -> None:
 def emodb(request, speech_dir: Path, int8_verifier) -> dict:
     """EmoDB's 2 s acted-emotion clips at 16 kHz and 8 kHz: speakers the cohort does not contain (no
     licence to ship them), short clips (the duration term), emotions differing on purpose."""
-    from edgeverify.audio import read_audio
+    from edgeverify.core.audio import read_audio
 
     root = speech_dir / request.param
     trials = [t.split() for t in (root / "trials.txt").read_text().splitlines()]
@@ -104,8 +104,8 @@ def test_calibration_monotone_and_target_far(emodb: dict, int8_verifier) -> None
 
 
 def test_profile_stores_cohort_stats_and_recomputes(tmp_path: Path) -> None:
-    from edgeverify.profiles import ProfileStore
-    from edgeverify.scoring import Band, Scorer
+    from edgeverify.store.profiles import ProfileStore
+    from edgeverify.core.scoring import Band, Scorer
 
     rng = np.random.default_rng(3)
     cal = Calibration(weights=np.array([0.0, 10.0, 1.0]), eer_llr=3.0, far_grid=np.array([0.01, 0.1]),
@@ -136,7 +136,7 @@ def test_profile_stores_cohort_stats_and_recomputes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_identification_eval_on_a_folder(tmp_path: Path, speech_dir: Path, int8_verifier) -> None:
     """eval --identify on 7 EmoDB speakers (2 s clips): 4 enrolled from 3 clips, 3 strangers."""
-    from edgeverify.evaluate import evaluate_identification
+    from edgeverify.tools.evaluate import evaluate_identification
 
     for d in sorted((speech_dir / "dev").glob("emodb-*")):
         (tmp_path / d.name).symlink_to(d)

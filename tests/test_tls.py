@@ -22,9 +22,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 
-from edgeverify.config import parse_config  # noqa: E402
+from edgeverify.store.config import parse_config  # noqa: E402
 from edgeverify.errors import ConfigError  # noqa: E402
-from edgeverify.protocol import encode_request  # noqa: E402
+from edgeverify.mqtt.protocol import encode_request  # noqa: E402
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(MOSQUITTO is None or OPENSSL is None, reason="needs mosquitto and openssl")
@@ -66,7 +66,7 @@ def tls_broker(pki: Path) -> Any:
 
 
 def _service(tmp_path: Path, port: int, handler: Any = None, **mqtt: Any) -> Any:
-    from edgeverify.mqtt_service import MqttService
+    from edgeverify.mqtt.service import MqttService
 
     config = parse_config({"device_id": "tls1", "state_dir": str(tmp_path),
                            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 1,
@@ -76,8 +76,8 @@ def _service(tmp_path: Path, port: int, handler: Any = None, **mqtt: Any) -> Any
 
 def test_mtls_with_client_certificate(tmp_path: Path, pki: Path, tls_broker: Broker, int8_verifier: Any,
                                       speech_dir: Path) -> None:
-    from edgeverify.handler import RequestHandler
-    from edgeverify.profiles import ProfileStore
+    from edgeverify.mqtt.handler import RequestHandler
+    from edgeverify.store.profiles import ProfileStore
 
     service = _service(tmp_path, tls_broker.port, RequestHandler(int8_verifier, ProfileStore(tmp_path)),
                        ca_file=str(pki / "ca.crt"), certfile=str(pki / "client.crt"), keyfile=str(pki / "client.key"))
@@ -120,7 +120,7 @@ def test_tls_failures_log_their_cause_once(tmp_path: Path, pki: Path, tls_broker
     service.start()
     try:
         def lines() -> list[str]:
-            return [r.getMessage() for r in caplog.records if r.name == "edgeverify.mqtt_service"]
+            return [r.getMessage() for r in caplog.records if r.name == "edgeverify.mqtt.service"]
 
         deadline = time.monotonic() + 30
         while not any(re.search(cause, m) for m in lines()) and time.monotonic() < deadline:

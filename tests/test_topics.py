@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from edgeverify.delivery import AckLedger, CachedReply, ReplyCache, request_key
+from edgeverify.mqtt.delivery import AckLedger, CachedReply, ReplyCache, request_key
 from edgeverify.errors import RequestError
-from edgeverify.protocol import MAX_JSON_DEPTH, MAX_META_CHARS, Response, load_json, parse_request, salvage_meta
-from edgeverify.topics import ReplyPolicy, filter_problem, matches, topic_problem
+from edgeverify.mqtt.protocol import MAX_JSON_DEPTH, MAX_META_CHARS, Response, load_json, parse_request, salvage_meta
+from edgeverify.mqtt.topics import ReplyPolicy, filter_problem, matches, topic_problem
 
 
 @pytest.mark.parametrize("topic", ["a\x00b", "a\x01", "\x1f", "x\x7f", "\x85", "\x9f", "\ufffe", "\uffff",

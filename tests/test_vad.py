@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeverify.audio import read_audio
+from edgeverify.core.audio import read_audio
 from edgeverify.errors import ConfigError
-from edgeverify.vad import (
+from edgeverify.core.vad import (
     EnergyVad,
     UtteranceCutter,
     VadConfig,

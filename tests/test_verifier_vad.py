@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeverify.audio import TARGET_RATE, Audio, read_audio
+from edgeverify.core.audio import TARGET_RATE, Audio, read_audio
 from edgeverify.errors import NoSpeechError, TooShortError
-from edgeverify.verifier import Verifier
+from edgeverify.core.verifier import Verifier
 
 CLIP = "vctk-p226/p226_003.wav"
 

@@ -29,10 +29,10 @@ from wyoming.info import Describe, Info  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wyoming_stt import ERROR_TEXT, TEXT, StandInStt, stand_in_info  # noqa: E402
 
-from edgeverify.audio import resample  # noqa: E402
-from edgeverify.handler import RequestHandler  # noqa: E402
-from edgeverify.profiles import ProfileStore  # noqa: E402
-from edgeverify.wyoming_proxy import ProxyOptions, SpeakerIdProxy  # noqa: E402
+from edgeverify.core.audio import resample  # noqa: E402
+from edgeverify.mqtt.handler import RequestHandler  # noqa: E402
+from edgeverify.store.profiles import ProfileStore  # noqa: E402
+from edgeverify.wyoming_stt.proxy import ProxyOptions, SpeakerIdProxy  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def pcm16(path: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def handler(int8_verifier, speech_dir: Path, tmp_path_factory) -> RequestHandler:
-    from edgeverify.audio import read_audio
+    from edgeverify.core.audio import read_audio
 
     store = ProfileStore(tmp_path_factory.mktemp("wyoming-state"))
     for name, (spk, clips) in ENROLL.items():

@@ -29,8 +29,8 @@ def test_daemon_publishes_wyoming_decisions(tmp_path: Path, int8_verifier: Any, 
     from wyoming.asr import Transcript
     from wyoming.client import AsyncTcpClient
 
-    from edgeverify.audio import read_audio
-    from edgeverify.profiles import ProfileStore
+    from edgeverify.core.audio import read_audio
+    from edgeverify.store.profiles import ProfileStore
 
     d = speech_dir / "dev" / "vctk-p225"
     ProfileStore(tmp_path / "state").enroll(
@@ -84,8 +84,8 @@ def test_standalone_command_prints_decisions(tmp_path: Path, int8_verifier: Any,
     from wyoming.asr import Transcript
     from wyoming.client import AsyncTcpClient
 
-    from edgeverify.audio import read_audio
-    from edgeverify.profiles import ProfileStore
+    from edgeverify.core.audio import read_audio
+    from edgeverify.store.profiles import ProfileStore
 
     d = speech_dir / "dev" / "vctk-p226"
     ProfileStore(tmp_path / "state").enroll(

@@ -9,9 +9,9 @@ import io
 import numpy as np
 import pytest
 
-from edgeverify.audio import audio_from_array
-from edgeverify.audio_stream import StreamConverter, check_format, pcm_to_mono
-from edgeverify.config import parse_config
+from edgeverify.core.audio import audio_from_array
+from edgeverify.core.audio_stream import StreamConverter, check_format, pcm_to_mono
+from edgeverify.store.config import parse_config
 from edgeverify.errors import AudioError, ConfigError
 
 
@@ -88,7 +88,7 @@ def test_pcm_decoding_of_each_width() -> None:
 
 def _read(data: bytes):
     pytest.importorskip("wyoming")
-    from edgeverify.wyoming_proxy import MAX_LINE_BYTES, read_event
+    from edgeverify.wyoming_stt.proxy import MAX_LINE_BYTES, read_event
 
     async def main():
         reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
@@ -159,10 +159,10 @@ def test_wyoming_package_is_imported_only_when_used() -> None:
 
     code = (
         "import sys; sys.modules['wyoming'] = None\n"  # as if not installed: any import of it fails
-        "import edgeverify.__main__ as m, edgeverify.daemon, edgeverify.config\n"
+        "import edgeverify.__main__ as m, edgeverify.daemon, edgeverify.store.config\n"
         "m.build_parser()\n"
         "from edgeverify.errors import ConfigError\n"
-        "from edgeverify.wyoming_proxy import ProxyOptions, SpeakerIdProxy\n"
+        "from edgeverify.wyoming_stt.proxy import ProxyOptions, SpeakerIdProxy\n"
         "try:\n"
         "    SpeakerIdProxy(None, ProxyOptions())\n"
         "except ConfigError as e:\n"

@@ -158,7 +158,7 @@ def capture_main(argv: list[str]) -> int:
 
     import numpy as np
 
-    from edgeverify.microphone import MicrophoneListener, capture_once, list_input_devices
+    from edgeverify.microphone.listener import MicrophoneListener, capture_once, list_input_devices
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     got: dict[int, list] = {}

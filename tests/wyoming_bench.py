@@ -102,10 +102,10 @@ def main() -> int:
 
     from broker import free_port
 
-    from edgeverify.audio import read_audio
-    from edgeverify.handler import RequestHandler
-    from edgeverify.profiles import ProfileStore
-    from edgeverify.verifier import Verifier
+    from edgeverify.core.audio import read_audio
+    from edgeverify.mqtt.handler import RequestHandler
+    from edgeverify.store.profiles import ProfileStore
+    from edgeverify.core.verifier import Verifier
 
     verifier = Verifier.load(args.model)
     verifier.warm_up()
@@ -117,7 +117,7 @@ def main() -> int:
         handler.decide_samples(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768, "warm-up")
     before, _ = rss_mb()
 
-    from edgeverify.wyoming_proxy import ProxyOptions, ProxyThread, SpeakerIdProxy
+    from edgeverify.wyoming_stt.proxy import ProxyOptions, ProxyThread, SpeakerIdProxy
 
     imported, _ = rss_mb()
     stt_port = free_port()

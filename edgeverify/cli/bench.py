@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import run_bench
+    from ..tools.bench import run_bench
 
     result = run_bench(
         models=[m for m in args.models.split(",") if m],

@@ -23,7 +23,7 @@ def run_service(args: argparse.Namespace) -> int:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..store.config import load_config
 
     config = load_config(args.config)  # ConfigError -> "edgeverify: error: ..." and exit 2
     if config.mqtt.password_file:

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
+    from ..tools.evaluate import evaluate
 
     verifier = load_verifier(args)
     trials = args.trials or args.root / "trials.txt"
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"embedded {done}/{total} files", file=sys.stderr, flush=True)
 
     if args.identify:
-        from ..evaluate import evaluate_identification
+        from ..tools.evaluate import evaluate_identification
 
         r = evaluate_identification(verifier, args.root, args.enroll_clips, args.max_enrolled, progress)
         if args.json:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     result, scores, labels = evaluate(verifier, args.root, trials, progress)
     if args.plot:
-        from ..metrics import plot_det
+        from ..core.metrics import plot_det
 
         plot_det(args.plot, {f"{result.model} (EER {result.eer_percent:.2f} %)": (scores, labels)})
     if args.json:

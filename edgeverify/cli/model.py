@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..model_build import build_models
-    from ..model_store import REPO_MODELS
+    from ..build.model_build import build_models
+    from ..core.model_store import REPO_MODELS
 
     paths = build_models(args.out or REPO_MODELS, args.checkpoint, args.calibration_audio, args.force)
     for variant, path in paths.items():
@@ -58,7 +58,7 @@ def _build(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import sys
 
-    from ..cohort_build import build
+    from ..build.cohort_build import build
 
     def progress(label: str, done: int, total: int) -> None:
         if not args.quiet and (done == total or done % 100 == 0):
@@ -70,8 +70,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ..embedder import Embedder
-    from ..model_store import resolve_model
+    from ..core.embedder import Embedder
+    from ..core.model_store import resolve_model
 
     path = resolve_model(args.model)
     embedder = Embedder(path)

@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
-    from ..config import load_config
-    from ..profiles import MIN_CONSISTENCY, ProfileStore
+    from ..store.config import load_config
+    from ..store.profiles import MIN_CONSISTENCY, ProfileStore
 
     config = load_config(args.config, missing_ok=True)
     floor = getattr(args, "min_consistency", None)
@@ -54,7 +54,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _verifier(config: Any, threshold: Any = None, target_far: Any = None) -> Any:
-    from ..verifier import Verifier
+    from ..core.verifier import Verifier
 
     if threshold is not None or target_far is not None:  # the command line replaces the config's operating point
         return Verifier.load(config.model, threads=config.threads, threshold=threshold, score_mode=config.score,
@@ -64,8 +64,8 @@ def _verifier(config: Any, threshold: Any = None, target_far: Any = None) -> Any
 
 
 def enroll(args: argparse.Namespace) -> int:
-    from ..enrollment import enroll as enroll_clips
-    from ..profiles import check_name
+    from ..store.enrollment import enroll as enroll_clips
+    from ..store.profiles import check_name
 
     check_name(args.name)
     config, store = _setup(args)
@@ -103,7 +103,7 @@ def forget(args: argparse.Namespace) -> int:
 
 
 def identify(args: argparse.Namespace) -> int:
-    from ..audio import read_audio
+    from ..core.audio import read_audio
 
     config, store = _setup(args)
     verifier = _verifier(config, args.threshold, getattr(args, "target_far", None))

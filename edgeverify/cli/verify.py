@@ -9,8 +9,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from ..scoring import DEFAULT_SCORE_MODE, SCORE_MODES
-from ..vad import DEFAULT_VAD_MODE, VAD_MODES
+from ..core.scoring import DEFAULT_SCORE_MODE, SCORE_MODES
+from ..core.vad import DEFAULT_VAD_MODE, VAD_MODES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_verifier(args: argparse.Namespace):  # -> Verifier (lazy import keeps --help fast)
     """The verifier that --model/--threads/--vad/--score/--target-far/--threshold describe."""
     from ..errors import ConfigError
-    from ..verifier import Verifier
+    from ..core.verifier import Verifier
 
     if args.threshold is not None and args.target_far is not None:
         raise ConfigError("give either --threshold or --target-far, not both")
@@ -65,7 +65,7 @@ def load_verifier(args: argparse.Namespace):  # -> Verifier (lazy import keeps -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..audio import read_audio
+    from ..core.audio import read_audio
 
     started = time.perf_counter()
     verifier = load_verifier(args)

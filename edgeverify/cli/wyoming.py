@@ -32,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import logging
 
-    from ..config import tag_format, wyoming_uri
-    from ..handler import RequestHandler
-    from ..wyoming_proxy import ProxyOptions, SpeakerIdProxy, serve
+    from ..store.config import tag_format, wyoming_uri
+    from ..mqtt.handler import RequestHandler
+    from ..wyoming_stt.proxy import ProxyOptions, SpeakerIdProxy, serve
 
     config, store = _setup(args)
     w = config.wyoming

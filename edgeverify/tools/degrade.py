@@ -27,9 +27,9 @@ from typing import Callable, Dict, List
 import numpy as np
 import soundfile as sf
 
-from ..audio import TARGET_RATE, read_audio
-from ..vad import speech_segments
-from ..verifier import EMBEDDING_VAD
+from ..core.audio import TARGET_RATE, read_audio
+from ..core.vad import speech_segments
+from ..core.verifier import EMBEDDING_VAD
 
 CONDITIONS = ("short", "snr20", "snr10", "snr5", "reverb")
 

@@ -126,8 +126,8 @@ def import_everything(optional: Sequence[str] = ()) -> Dict[str, object]:
 
 def embed_files(model: str, files: Sequence[Path]) -> Dict[str, object]:
     """Embeddings (as lists) and per-clip seconds with the same settings as `edgeverify verify`."""
-    from edgeverify.audio import read_audio
-    from edgeverify.verifier import Verifier
+    from edgeverify.core.audio import read_audio
+    from edgeverify.core.verifier import Verifier
 
     started = time.perf_counter()
     verifier = Verifier.load(model, threads=1)  # VAD on, default threshold: as the CLI and the daemon

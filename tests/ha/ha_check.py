@@ -39,8 +39,8 @@ from broker import Broker, Hub, free_port  # noqa: E402
 from ha_config import write_config  # noqa: E402
 from test_daemon import DaemonProcess, _ask  # noqa: E402
 
-from edgeverify.ha_discovery import NO_MATCH  # noqa: E402
-from edgeverify.protocol import encode_request  # noqa: E402
+from edgeverify.mqtt.ha_discovery import NO_MATCH  # noqa: E402
+from edgeverify.mqtt.protocol import encode_request  # noqa: E402
 
 DEV = "hacheck"
 SPEECH = Path(os.environ.get("EDGEVERIFY_SPEECH_DIR", REPO.parent / "shared" / "data" / "speech")) / "dev"
@@ -107,9 +107,9 @@ def publish_legacy(port: int) -> None:
 
 
 def enroll_profiles(state_dir: Path) -> None:
-    from edgeverify.audio import read_audio
-    from edgeverify.profiles import ProfileStore
-    from edgeverify.verifier import Verifier
+    from edgeverify.core.audio import read_audio
+    from edgeverify.store.profiles import ProfileStore
+    from edgeverify.core.verifier import Verifier
 
     verifier = Verifier.load("int8")
     store = ProfileStore(state_dir)
@@ -260,7 +260,7 @@ def main() -> int:
         for kept in (f"sensor.edgeverify_{DEV}_speaker", f"sensor.edgeverify_{DEV}_score", f"binary_sensor.edgeverify_{DEV}_match"):
             assert kept in mine, kept
         assert any(e.startswith("event.") for e in mine)
-        from edgeverify.ha_discovery import Topics, device_discovery
+        from edgeverify.mqtt.ha_discovery import Topics, device_discovery
 
         asked = sorted(c["default_entity_id"] for c in device_discovery(Topics("x", "homeassistant", DEV), "int8", True)["cmps"].values())
         assert mine == asked, (mine, asked)  # HA < 2025.10 derives exactly the ids newer HA is asked for

@@ -1,0 +1,74 @@
+"""ECAPA-TDNN embeddings from 16 kHz audio: numpy features + one onnxruntime session made once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Union
+
+import numpy as np
+
+from ..errors import ModelError
+from .features import normalized_features
+
+log = logging.getLogger(__name__)
+
+
+def make_session(path: Union[str, Path], threads: int = 1):
+    """An onnxruntime CPU session with explicit threading (no spinning threads stealing the Pi's cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+        raise ModelError(f"cannot load model {path}: {exc}") from exc
+
+
+def _run_options():
+    """Give the arena's memory back after every run: activations grow with clip length (about 6.5 MB per
+    second of audio), and without this a daemon kept the peak of its longest request for good."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+class Embedder:
+    """Turns speech samples (float32, 16 kHz, mono) into an L2-normalised 192-dim embedding."""
+
+    def __init__(self, path: Union[str, Path], threads: int = 1) -> None:
+        self.path = Path(path)
+        self.session = make_session(self.path, threads)
+        self.metadata: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.sample_rate = int(self.metadata.get("sample_rate", 16000))
+        if self.sample_rate != 16000:
+            raise ModelError(f"{path}: model expects {self.sample_rate} Hz input; only 16 kHz models are supported")
+        self._input = self.session.get_inputs()[0].name
+        self._run_options = _run_options()
+
+    @property
+    def default_threshold(self) -> float:
+        return float(self.metadata["default_threshold"]) if "default_threshold" in self.metadata else float("nan")
+
+    def embed_features(self, features: np.ndarray) -> np.ndarray:
+        """Raw (unnormalised) embedding of (frames, 80) normalised features."""
+        out = self.session.run(None, {self._input: features[None].astype(np.float32, copy=False)}, self._run_options)[0]
+        return out[0]
+
+    def embed(self, samples: np.ndarray) -> np.ndarray:
+        vector = self.embed_features(normalized_features(samples)).astype(np.float32)
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise ModelError("model produced an invalid embedding (zero or non-finite)")
+        return vector / norm
+
+    def describe(self) -> str:
+        return json.dumps({k: self.metadata.get(k) for k in ("variant", "source_sha256", "default_threshold")})

@@ -1,0 +1,1 @@
+"""Microphone adapter: PortAudio capture and the streaming utterance cutter feeding the core."""

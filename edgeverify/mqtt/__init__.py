@@ -1,0 +1,1 @@
+"""MQTT adapter: request/response protocol, transport with delivery guarantees, Home Assistant discovery and admin requests."""

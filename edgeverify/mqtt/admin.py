@@ -1,0 +1,164 @@
+"""Admin requests -- enroll, forget, list profiles -- parsed and carried out; knows nothing of MQTT.
+
+JSON on <prefix>/<device>/admin/request (a topic of its own so a broker ACL can limit who may send them):
+  {"type": "enroll", "name": "alice", "clips": [{"name": "a1.wav", "audio_b64": "..."}, ...], "replace": false}
+  {"type": "enroll", "name": "alice", "utterances": 3}      # record 3 utterances from the device microphone now
+  {"type": "forget", "name": "alice"}
+  {"type": "list"}
+plus the usual request_id / requestor_id / requestor_type / reply_to. Answers carry the same per-clip
+feedback as `edgeverify enroll` (enrollment.enroll). Every request is logged: who, what, result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ..core.audio import TARGET_RATE, audio_from_array
+from ..store.config import AdminConfig
+from ..store.enrollment import EnrollmentReport, enroll
+from ..errors import AdminDisabledError, EdgeVerifyError, RequestError
+from ..store.profiles import check_name
+from .protocol import META_FIELDS, Clip, Response, _clip, _opt_str, error_response, load_json
+
+log = logging.getLogger(__name__)
+
+ADMIN_TYPES = ("enroll", "forget", "list")
+
+
+@dataclass
+class AdminRequest:
+    type: str
+    request_id: Optional[str] = None
+    requestor_id: Optional[str] = None
+    requestor_type: Optional[str] = None
+    analyzer_id: Optional[str] = None
+    analysis_id: Optional[str] = None
+    reply_to: Optional[str] = None
+    name: Optional[str] = None
+    clips: list[Clip] = field(default_factory=list)
+    utterances: Optional[int] = None  # enroll from the device microphone
+    replace: bool = False
+
+    def meta(self) -> dict[str, Any]:
+        return {"type": self.type, **{k: getattr(self, k) for k in META_FIELDS}, "name": self.name}
+
+    def describe(self) -> str:
+        """What was asked, for the audit log line (never the audio)."""
+        what = self.type + (f" {self.name}" if self.name else "")
+        if self.type == "enroll":
+            what += f" from {self.utterances} microphone utterance(s)" if self.utterances else f" from {len(self.clips)} clip(s)"
+        who = f"requestor_id={self.requestor_id!r} requestor_type={self.requestor_type!r} request_id={self.request_id!r}"
+        return f"{what} ({who})"
+
+
+def parse_admin_request(payload: bytes, max_clips: int) -> AdminRequest:
+    """RequestError for anything malformed (never another exception)."""
+    obj = load_json(payload)  # bounded: hostile nesting is a RequestError, never a RecursionError
+    if not isinstance(obj, dict):
+        raise RequestError("payload must be a JSON object")
+    kind = obj.get("type")
+    if kind not in ADMIN_TYPES:
+        raise RequestError(f"admin 'type' must be one of {', '.join(ADMIN_TYPES)}, got {kind!r}")
+    req = AdminRequest(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "name")})
+    if req.reply_to is not None and not isinstance(obj.get("reply_to"), str):
+        raise RequestError("'reply_to' must be a string (an MQTT topic)")
+    req.reply_to = obj.get("reply_to")  # a topic is never cut: a cut topic is another topic
+    if kind in ("enroll", "forget"):
+        if not req.name:
+            raise RequestError(f"'name' is required for {kind}")
+        check_name(req.name)  # ProfileError -> profile_error reply
+    if kind != "enroll":
+        return req
+    replace = obj.get("replace", False)
+    if not isinstance(replace, bool):
+        raise RequestError("'replace' must be true or false")
+    req.replace = replace
+    clips, utterances = obj.get("clips"), obj.get("utterances")
+    if (clips is None) == (utterances is None):
+        raise RequestError("enroll needs either 'clips' (a list of {name, audio_b64}) or 'utterances' (microphone)")
+    if utterances is not None:
+        if isinstance(utterances, bool) or not isinstance(utterances, int) or not 1 <= utterances <= max_clips:
+            raise RequestError(f"'utterances' must be an integer 1-{max_clips}")
+        req.utterances = utterances
+        return req
+    if not isinstance(clips, list) or not 1 <= len(clips) <= max_clips:
+        raise RequestError(f"'clips' must be a list of 1-{max_clips} clips")
+    req.clips = [_clip({"clip": c}, "clip") for c in clips]
+    return req
+
+
+class AdminHandler:
+    """Carries out admin requests with the daemon's own model, store and microphone (the RequestHandler's)."""
+
+    def __init__(self, handler: Any, config: AdminConfig) -> None:
+        self.handler = handler  # RequestHandler: .verifier, .store, .microphone, .max_audio_seconds
+        self.config = config
+
+    def check_enabled(self, req_meta: str) -> None:
+        if not self.config.enabled:
+            log.warning("admin request refused (admin.enabled is false): %s", req_meta)
+            raise AdminDisabledError("admin requests are disabled on this device (admin.enabled: false)")
+
+    def handle(self, req: AdminRequest) -> Response:
+        """enroll from clips, forget, list (the microphone part of an enroll is record() + enroll_samples())."""
+        try:
+            if req.type == "list":
+                profiles = self.handler.store.list()
+                result: dict[str, Any] = {"profiles": [
+                    {"name": p.name, "clips": p.clips, "created": p.created, "model": p.model} for p in profiles
+                ]}
+                return self._done(req, Response(ok=True, meta=req.meta(), result=result))
+            if req.type == "forget":
+                assert req.name is not None
+                self.handler.store.forget(req.name)  # UnknownProfileError -> error reply
+                return self._done(req, Response(ok=True, meta=req.meta(), result={"forgotten": req.name}))
+            assert req.name is not None
+            report = enroll(
+                self.handler.verifier, self.handler.store, req.name, [c.data for c in req.clips],
+                clip_names=[c.name for c in req.clips], replace=req.replace,
+                max_seconds=self.handler.max_audio_seconds,
+            )
+            return self._done(req, self._enroll_response(req, report))
+        except EdgeVerifyError as exc:
+            return self._done(req, error_response(req.meta(), exc.code, exc.message))
+
+    def record(self, req: AdminRequest) -> list[np.ndarray]:
+        """Blocking: the next req.utterances utterances from the running microphone (run it off the worker)."""
+        mic = self.handler.microphone
+        if mic is None:
+            raise RequestError("enrolling from the microphone needs microphone.enabled: true (and a working device)")
+        n = int(req.utterances or 0)
+        log.info("admin: recording %d utterance(s) for %s", n, req.name)
+        return mic.capture_utterances(n, timeout=n * self.config.utterance_timeout_s)
+
+    def enroll_samples(self, req: AdminRequest, utterances: list[np.ndarray]) -> Response:
+        assert req.name is not None
+        try:
+            audios = [
+                audio_from_array(u, TARGET_RATE, name=f"utterance {i + 1}", max_seconds=self.handler.max_audio_seconds)
+                for i, u in enumerate(utterances)
+            ]
+            report = enroll(self.handler.verifier, self.handler.store, req.name, audios, replace=req.replace)
+            return self._done(req, self._enroll_response(req, report))
+        except EdgeVerifyError as exc:
+            return self._done(req, error_response(req.meta(), exc.code, exc.message))
+
+    def failed(self, req: AdminRequest, exc: EdgeVerifyError) -> Response:
+        return self._done(req, error_response(req.meta(), exc.code, exc.message))
+
+    @staticmethod
+    def _enroll_response(req: AdminRequest, report: EnrollmentReport) -> Response:
+        if report.error is None:
+            return Response(ok=True, meta=req.meta(), result=report.to_dict())
+        return Response(ok=False, meta=req.meta(), result=report.to_dict(),
+                        error_code=report.error.code, error_message=report.error.message)
+
+    @staticmethod
+    def _done(req: AdminRequest, resp: Response) -> Response:
+        outcome = "ok" if resp.ok else f"{resp.error_code}: {resp.error_message}"
+        log.info("admin %s: %s", req.describe(), outcome)
+        return resp

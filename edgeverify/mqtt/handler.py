@@ -1,0 +1,114 @@
+"""Turns protocol requests (and microphone utterances) into calls on the core; knows nothing of MQTT."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Optional
+
+import numpy as np
+
+from ..core.audio import TARGET_RATE, Audio, audio_from_array, read_audio
+from ..errors import RequestError
+from ..store.profiles import ProfileStore
+from .protocol import Clip, Request, Response
+from ..core.verifier import Verifier
+
+log = logging.getLogger(__name__)
+
+
+class RequestHandler:
+    def __init__(
+        self,
+        verifier: Verifier,
+        store: ProfileStore,
+        max_audio_seconds: float = 60.0,
+        microphone: Any = None,
+        mic_mode: str = "identify",
+    ) -> None:
+        self.verifier = verifier
+        self.store = store
+        self.max_audio_seconds = max_audio_seconds
+        self.microphone = microphone  # MicrophoneListener or None
+        self.mic_mode = mic_mode
+        self.mic_rate = TARGET_RATE  # the microphone's capture rate: 8 kHz captures are scored as telephone band
+
+    def _audio(self, clip: Clip) -> Audio:
+        return read_audio(clip.data, name=clip.name, max_seconds=self.max_audio_seconds)
+
+    def _result(self, test: tuple, profile: Optional[str], threshold: Optional[float],
+                target_far: Optional[float] = None) -> dict[str, Any]:
+        """verify the prepared clip against `profile`, or identify among all profiles when profile is None."""
+        sides = self.store.sides(self.verifier.scorer)
+        if profile is not None:
+            if profile not in sides:
+                self.store.get(profile)  # UnknownProfileError -> error reply
+            d = self.verifier.decide_sides(test, sides[profile], threshold, target_far)
+            return {"profile": profile, **d.fields()}
+        best, d, scores = self.verifier.identify(test, sides, threshold, target_far)
+        result: dict[str, Any] = {"speaker": best}
+        if d is None:  # no profiles: nobody can be named
+            limit = self.verifier.threshold if threshold is None else threshold
+            result.update({"same_speaker": False, "score": None, "threshold": limit})
+        else:
+            result.update(d.fields())
+            result["same_speaker"] = best is not None
+        result["scores"] = {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:10]}
+        return result
+
+    def handle(self, req: Request) -> Response:
+        meta = req.meta()
+        result: dict[str, Any]
+        if req.target_far is not None and self.verifier.scorer is None:
+            raise RequestError("'target_far' needs calibrated scoring (this device uses score: cosine)")
+        if req.type == "verify":
+            assert req.first is not None and req.second is not None
+            d = self.verifier.verify(self._audio(req.first), self._audio(req.second), req.threshold, req.target_far)
+            result = d.fields()
+        elif req.type in ("verify_profile", "identify"):
+            assert req.first is not None
+            if req.profile is not None:
+                self.store.get(req.profile)  # unknown profile: fail before spending time on the model
+            test = self.verifier.prepare(self._audio(req.first))
+            result = self._result(test, req.profile if req.type == "verify_profile" else None, req.threshold,
+                                  req.target_far)
+        elif req.type == "capture":
+            if self.microphone is None:
+                raise RequestError("capture needs the microphone (microphone.enabled: true)")
+            samples = self.microphone.capture_once(req.seconds)  # MicrophoneError -> error reply
+            audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
+            result = self._result(self.verifier.prepare(audio), req.profile, req.threshold, req.target_far)
+        else:  # parse_request only lets known types through
+            raise RequestError(f"unknown request type {req.type!r}")
+        result["model"] = self.verifier.model_name
+        return Response(ok=True, meta=meta, result=result)
+
+    def utterance(self, samples: np.ndarray) -> Optional[Response]:
+        """A microphone utterance: identify or verify per microphone.mode; None when not speech enough."""
+        from ..errors import AudioError, ProfileError
+
+        meta: dict[str, Any] = {"type": "microphone", "first_file": "microphone"}
+        profile = self.mic_mode.split(":", 1)[1] if self.mic_mode.startswith("verify:") else None
+        try:
+            result = self.decide_samples(samples, "microphone", profile, source_rate=self.mic_rate)
+        except AudioError as exc:
+            log.info("microphone utterance skipped: %s", exc.message)
+            return None
+        except ProfileError as exc:
+            log.warning("microphone decision impossible: %s", exc.message)
+            return None
+        return Response(ok=True, meta=meta, result=result)
+
+    def decide_samples(self, samples: np.ndarray, name: str, profile: Optional[str] = None,
+                       source_rate: int = TARGET_RATE) -> dict[str, Any]:
+        """Identify (or verify against `profile`) 16 kHz mono samples from a live source: microphone, Wyoming.
+
+        `source_rate` is the rate the source captured at (it picks the 16 kHz or telephone-band cohort).
+        Raises AudioError (too short, no speech) or ProfileError; the result has duration_s and model.
+        """
+        audio = audio_from_array(samples, TARGET_RATE, name=name, max_seconds=self.max_audio_seconds)
+        audio = dataclasses.replace(audio, source_rate=int(source_rate))
+        result = self._result(self.verifier.prepare(audio), profile, None)
+        result["duration_s"] = round(audio.duration_s, 2)
+        result["model"] = self.verifier.model_name
+        return result

@@ -1,0 +1,1 @@
+"""What lives on the device's disk: the YAML configuration, enrolled voice profiles and enrollment."""

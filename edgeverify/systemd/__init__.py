@@ -1,0 +1,1 @@
+"""systemd adapter: sd_notify readiness, watchdog and status, journald logging."""

@@ -1,0 +1,326 @@
+"""Speed and memory figures: per-clip latency, real-time factor, load time, peak RSS, model size, and the
+same run's int8 floor (one big int8 conv timed here) so that figures from different CPUs compare as ratios."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..core.audio import TARGET_RATE
+from ..core.embedder import Embedder
+from ..core.model_store import resolve_model
+
+FLOOR_FRAMES = 300  # a 3 s clip's frame count, where the floor conv and ECAPA's MACs are counted
+SPEECHBRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "tests" / "bench_speechbrain.py"
+
+
+@dataclass
+class BenchRow:
+    model: str
+    clip_s: float
+    threads: int
+    median_ms: float
+    p90_ms: float
+    rtf: float
+    runs: int
+    cpu_median_ms: Optional[float]  # this thread's CPU time: steady under load, meaningful for 1 thread only
+    ms_per_audio_s: float
+
+
+def _test_signal(seconds: float) -> np.ndarray:
+    """Speech-like input: features and network cost do not depend on content, only on length."""
+    rng = np.random.default_rng(7)
+    n = int(seconds * TARGET_RATE)
+    t = np.arange(n) / TARGET_RATE
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)
+    return (0.1 * envelope * rng.standard_normal(n)).astype(np.float32)
+
+
+def time_embedder(embedder: Embedder, seconds: float, runs: int) -> Tuple[List[float], List[float]]:
+    """Wall and CPU milliseconds per embed (features included). CPU time of this thread is the steadier
+    figure on a busy machine when onnxruntime runs on one thread."""
+    samples = _test_signal(seconds)
+    embedder.embed(samples)  # warm-up
+    wall, cpu = [], []
+    for _ in range(runs):
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        embedder.embed(samples)
+        wall.append(1000.0 * (time.perf_counter() - started))
+        cpu.append(1000.0 * (time.thread_time() - cpu_started))
+    return wall, cpu
+
+
+def load_time_ms(path: Path, threads: int = 1, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        Embedder(path, threads)
+        times.append(1000.0 * (time.perf_counter() - started))
+    return statistics.median(times)
+
+
+_PEAK_RSS = "int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024"
+
+
+def verify_peak_rss_mb(model: str) -> Optional[float]:
+    """Peak RSS (VmHWM) of a real `edgeverify verify` run on two 3 s clips. Read in the child: ru_maxrss
+    of a child keeps the forking parent's peak across exec, so it would report this bench's own size."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = []
+        for i in range(2):
+            path = Path(tmp) / f"clip{i}.wav"
+            sf.write(path, _test_signal(3.0) * (1 + i), TARGET_RATE, subtype="PCM_16")
+            clips.append(str(path))
+        script = (
+            "import sys\nfrom edgeverify.__main__ import main\n"
+            f"code = main(sys.argv[1:])\nprint('PEAK', {_PEAK_RSS}, file=sys.stderr)\nsys.exit(code)\n"
+        )
+        cmd = [sys.executable, "-c", script, "verify", *clips, "--model", model, "--vad", "off", "--json"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK ")]
+        return float(peaks[-1]) if done.returncode == 0 and peaks else None
+
+
+def service_rss_mb(model: str, seconds: float = 10.0) -> Optional[Dict[str, float]]:
+    """RSS of a process shaped like the daemon: its imports (MQTT client included) and the verifier loaded
+    (idle), then one request of ``seconds`` read from a WAV file (busy peak, and RSS after it). No broker."""
+    import soundfile as sf
+
+    script = (
+        "import json, sys\n"
+        "import edgeverify.daemon, edgeverify.mqtt.service\n"
+        "from edgeverify.core.audio import read_audio\n"
+        "from edgeverify.core.verifier import Verifier\n"
+        "def rss():\n"
+        "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) / 1024\n"
+        "v = Verifier.load(sys.argv[1]); v.warm_up(); idle = rss()\n"
+        "v.embed(read_audio(sys.argv[2]))\n"
+        f"print(json.dumps({{'idle_mb': round(idle, 1), 'busy_peak_mb': round({_PEAK_RSS}, 1),"
+        " 'after_request_mb': round(rss(), 1)}))\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "clip.wav"
+        sf.write(clip, _test_signal(seconds), TARGET_RATE, subtype="PCM_16")
+        done = subprocess.run([sys.executable, "-c", script, model, str(clip)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "request_s": seconds}
+
+
+def cpu_int8_features() -> Dict[str, object]:
+    """Which int8 kernel family onnxruntime can pick here: VNNI / AVX-512 / AVX2 (16-bit vpmaddubsw path,
+    like a CPU with no dot product) on x86, SDOT (asimddp) / I8MM on ARM."""
+    flags: set = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith(("flags", "features")):
+                    flags.update(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "asimd")
+    found = {name: name in flags for name in wanted if name in flags or not name.startswith(("asimd", "i8mm"))}
+    if found.get("avx512_vnni") or found.get("avx_vnni"):
+        path = "x86 VNNI (u8 x s8 dot product)"
+    elif found.get("avx2"):
+        path = "x86 AVX2 without VNNI (16-bit vpmaddubsw)"
+    elif "asimddp" in flags:
+        path = "ARM dot product (SDOT/UDOT)"
+    elif "asimd" in flags:
+        path = "ARM NEON without dot product"
+    else:
+        path = "unknown"
+    return {"flags": found, "int8_path": path, "cpu": _cpu_name(), "cores": os.cpu_count()}
+
+
+def count_macs(model_path: Path, frames: int = FLOOR_FRAMES) -> int:
+    """Multiply-accumulates of one forward pass at ``frames`` frames, counted from the ONNX graph's Conv and
+    MatMul output shapes (shape inference with the input's length fixed)."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(model_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value, dims[1].dim_value = 1, frames
+    inferred = shape_inference.infer_shapes(model, data_prop=True).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*inferred.value_info, *inferred.output)}
+    shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
+    shapes[model.graph.input[0].name] = [1, frames, dims[2].dim_value]
+    total = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0])
+        if node.op_type == "Conv" and out:
+            weight = shapes[node.input[1]]
+            total += int(np.prod(out)) * int(np.prod(weight[1:]))
+        elif node.op_type == "MatMul" and out:
+            total += int(np.prod(out)) * int(shapes[node.input[0]][-1])
+    return total
+
+
+def int8_floor(runs: int = 15, frames: int = FLOOR_FRAMES, channels: int = 1024, kernel: int = 3) -> Dict[str, float]:
+    """Rate of one int8 conv like ECAPA's big ones (channels -> channels, k=3, static QDQ, u8 activations, s8
+    per-channel 7-bit weights: our quantiser's settings) on this CPU, one thread, timed now."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from ..core.embedder import make_session
+
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((channels, channels, kernel)) / np.sqrt(channels * kernel)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[kernel])],
+        "floor",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, frames + kernel - 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.zeros(channels, np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    inputs = [np.abs(rng.standard_normal((1, channels, frames + kernel - 1))).astype(np.float32) for _ in range(2)]
+
+    class Reader:
+        def __init__(self) -> None:
+            self.items = iter(inputs)
+
+        def get_next(self) -> Optional[dict]:
+            item = next(self.items, None)
+            return None if item is None else {"x": item}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "floor.onnx", Path(tmp) / "floor-int8.onnx"
+        onnx.save(model, str(fp32))
+        logging.disable(logging.WARNING)  # the quantiser's advice to pre-process a one-node graph
+        quantize_static(
+            str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"WeightSymmetric": True},
+        )
+        logging.disable(logging.NOTSET)
+        session = make_session(int8)
+    session.run(None, {"x": inputs[0]})
+    cpu = []
+    for _ in range(runs):
+        started = time.thread_time()
+        session.run(None, {"x": inputs[0]})
+        cpu.append(1000.0 * (time.thread_time() - started))
+    ms = statistics.median(cpu)
+    macs = channels * channels * kernel * frames
+    return {"conv": f"{channels}->{channels} k={kernel} over {frames} frames, int8 QDQ per-channel", "conv_cpu_ms": round(ms, 3),
+            "gmac_per_s": round(macs / ms / 1e6, 1)}
+
+
+def speechbrain_bench(python: str, checkpoint: Path, clips: Sequence[float], runs: int) -> Dict:
+    """SpeechBrain's torch pipeline timed by tests/bench_speechbrain.py in ``python`` (a separate venv with
+    torch + speechbrain; never a dependency of edgeverify). One thread."""
+    cmd = [python, str(SPEECHBRAIN_SCRIPT), str(checkpoint), "--clips", ",".join(str(c) for c in clips),
+           "--threads", "1", "--runs", str(runs)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_bench(
+    models: Sequence[str] = ("int8", "fp32"),
+    clips: Sequence[float] = (3.0, 10.0),
+    threads: Sequence[int] = (1, 2, 4),
+    runs: int = 15,
+    measure_rss: bool = True,
+    speechbrain_python: Optional[str] = None,
+    checkpoint: Optional[Path] = None,
+) -> Dict:
+    rows: List[BenchRow] = []
+    per_model: Dict[str, Dict] = {}
+    for model in models:
+        path = resolve_model(model)
+        per_model[model] = {
+            "path": str(path),
+            "file_mb": round(path.stat().st_size / 1e6, 2),
+            "load_ms": round(load_time_ms(path), 1),
+        }
+        for n_threads in threads:
+            embedder = Embedder(path, n_threads)
+            for seconds in clips:
+                wall, cpu = time_embedder(embedder, seconds, runs if seconds <= 3 else max(5, runs // 3))
+                median = statistics.median(wall)
+                rows.append(BenchRow(
+                    model=model,
+                    clip_s=seconds,
+                    threads=n_threads,
+                    median_ms=round(median, 2),
+                    p90_ms=round(float(np.percentile(wall, 90)), 2),
+                    rtf=round(median / 1000.0 / seconds, 5),
+                    runs=len(wall),
+                    cpu_median_ms=round(statistics.median(cpu), 2) if n_threads == 1 else None,
+                    ms_per_audio_s=round(median / seconds, 2),
+                ))
+            del embedder
+        if measure_rss:
+            rss = verify_peak_rss_mb(model)
+            per_model[model]["verify_peak_rss_mb"] = round(rss, 1) if rss is not None else None
+            per_model[model]["service_rss"] = service_rss_mb(model)
+    result: Dict = {
+        "rows": [asdict(r) for r in rows],
+        "models": per_model,
+        "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "cpu": _cpu_name(),
+        "cpu_int8": cpu_int8_features(),
+    }
+    result["floor"] = floor = int8_floor(runs)
+    fp32_path = resolve_model("fp32") if "fp32" in models else None
+    if fp32_path is not None:
+        macs = count_macs(fp32_path)
+        floor["ecapa_gmac_3s"] = round(macs / 1e9, 3)
+        floor["floor_ms_3s"] = round(macs / floor["gmac_per_s"] / 1e6, 2)
+    one = {(r.model, r.clip_s): r for r in rows if r.threads == 1}
+    ratios: Dict[str, float] = {}
+    for seconds in clips:
+        if ("int8", seconds) in one and ("fp32", seconds) in one:
+            ratios[f"fp32_over_int8_{seconds:g}s"] = round(one[("fp32", seconds)].cpu_median_ms / one[("int8", seconds)].cpu_median_ms, 2)
+    if ("int8", 3.0) in one and "floor_ms_3s" in floor:
+        ratios["int8_over_floor_3s"] = round(one[("int8", 3.0)].cpu_median_ms / floor["floor_ms_3s"], 2)
+    if ("int8", 3.0) in one and ("int8", 10.0) in one:
+        ratios["int8_10s_over_3s"] = round(one[("int8", 10.0)].cpu_median_ms / one[("int8", 3.0)].cpu_median_ms, 2)
+    if speechbrain_python:
+        from ..build.model_build import CHECKPOINT_NAME
+
+        ckpt = Path(checkpoint) if checkpoint else resolve_model("int8").parent / ".cache" / CHECKPOINT_NAME
+        sb = speechbrain_bench(speechbrain_python, ckpt, clips, runs)
+        result["speechbrain"] = sb
+        for row in sb.get("rows", []):
+            ours = one.get(("int8", row["clip_s"]))
+            if ours is not None:
+                ratios[f"speechbrain_over_int8_{row['clip_s']:g}s"] = round(row["cpu_median_ms"] / ours.cpu_median_ms, 2)
+        if sb.get("embedding_first_clip") and fp32_path is not None:
+            theirs = np.asarray(sb["embedding_first_clip"], dtype=np.float32)
+            mine = Embedder(fp32_path).embed(_test_signal(clips[0]))
+            result["speechbrain"]["cosine_to_our_fp32"] = round(float(mine @ theirs / np.linalg.norm(theirs)), 6)
+        result["speechbrain"].pop("embedding_first_clip", None)
+    result["ratios"] = ratios
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
