@@ -22,7 +22,7 @@ from ..store.config import AdminConfig
 from ..store.enrollment import EnrollmentReport, enroll
 from ..errors import AdminDisabledError, EdgeVerifyError, RequestError
 from ..store.profiles import check_name
-from .protocol import META_FIELDS, Clip, Response, _clip, _opt_str, error_response, load_json
+from .protocol import META_FIELDS, Clip, RequestMeta, Response, _clip, _opt_str, error_response, load_json, meta_fields
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,7 @@ ADMIN_TYPES = ("enroll", "forget", "list")
 
 
 @dataclass
-class AdminRequest:
-    type: str
-    request_id: Optional[str] = None
-    requestor_id: Optional[str] = None
-    requestor_type: Optional[str] = None
-    analyzer_id: Optional[str] = None
-    analysis_id: Optional[str] = None
-    reply_to: Optional[str] = None
+class AdminRequest(RequestMeta):
     name: Optional[str] = None
     clips: list[Clip] = field(default_factory=list)
     utterances: Optional[int] = None  # enroll from the device microphone
@@ -63,10 +56,7 @@ def parse_admin_request(payload: bytes, max_clips: int) -> AdminRequest:
     kind = obj.get("type")
     if kind not in ADMIN_TYPES:
         raise RequestError(f"admin 'type' must be one of {', '.join(ADMIN_TYPES)}, got {kind!r}")
-    req = AdminRequest(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "name")})
-    if req.reply_to is not None and not isinstance(obj.get("reply_to"), str):
-        raise RequestError("'reply_to' must be a string (an MQTT topic)")
-    req.reply_to = obj.get("reply_to")  # a topic is never cut: a cut topic is another topic
+    req = AdminRequest(type=kind, **meta_fields(obj), name=_opt_str(obj, "name"))
     if kind in ("enroll", "forget"):
         if not req.name:
             raise RequestError(f"'name' is required for {kind}")

@@ -47,7 +47,9 @@ class Clip:
 
 
 @dataclass
-class Request:
+class RequestMeta:
+    """What every request carries besides its content: its type, the echoed metadata and the reply topic."""
+
     type: str
     request_id: Optional[str] = None
     requestor_id: Optional[str] = None
@@ -55,6 +57,10 @@ class Request:
     analyzer_id: Optional[str] = None
     analysis_id: Optional[str] = None
     reply_to: Optional[str] = None
+
+
+@dataclass
+class Request(RequestMeta):
     first: Optional[Clip] = None
     second: Optional[Clip] = None
     profile: Optional[str] = None
@@ -78,6 +84,16 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> Optional[str]:
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
         raise RequestError(f"'{key}' must be a string")
     return _cut(str(v))
+
+
+def meta_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The echoed metadata (strings, cut) and reply_to (a string, never cut: a cut topic is another topic)."""
+    fields: dict[str, Any] = {k: _opt_str(obj, k) for k in META_FIELDS}
+    reply_to = obj.get("reply_to")
+    if reply_to is not None and not isinstance(reply_to, str):
+        raise RequestError("'reply_to' must be a string (an MQTT topic)")
+    fields["reply_to"] = reply_to
+    return fields
 
 
 def _shown(v: Any, limit: int = 80) -> str:
@@ -168,10 +184,7 @@ def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
     kind = obj.get("type")
     if kind not in REQUEST_TYPES:
         raise RequestError(f"'type' must be one of {', '.join(REQUEST_TYPES)}, got {_shown(kind)}")
-    req = Request(type=kind, **{k: _opt_str(obj, k) for k in META_FIELDS + ("reply_to", "profile")})
-    if req.reply_to is not None and not isinstance(obj.get("reply_to"), str):
-        raise RequestError("'reply_to' must be a string (an MQTT topic)")
-    req.reply_to = obj.get("reply_to")  # a topic is never cut: a cut topic is another topic
+    req = Request(type=kind, **meta_fields(obj), profile=_opt_str(obj, "profile"))
     req.threshold = _opt_float(obj, "threshold", -1.0, 1.0)
     req.target_far = _target_far(obj, req.threshold)
     req.seconds = _opt_float(obj, "seconds", 0.5, 60.0)
@@ -188,8 +201,7 @@ def parse_raw_request(kind: str, payload: bytes, props: Mapping[str, str]) -> Re
     """Raw audio bytes on request/<kind>; metadata from v5 user properties."""
     if kind not in RAW_TYPES:
         raise RequestError(f"raw audio requests go to request/identify or request/verify_profile, not {_shown(kind)}")
-    req = Request(type=kind, **{k: _opt_str(props, k) for k in META_FIELDS + ("reply_to", "profile")})
-    req.reply_to = props.get("reply_to")  # never cut (see parse_request)
+    req = Request(type=kind, **meta_fields(props), profile=_opt_str(props, "profile"))
     req.threshold = _opt_float(props, "threshold", -1.0, 1.0)
     req.target_far = _target_far(props, req.threshold)
     req.first = Clip(name=_cut(props.get("name") or "audio"), data=bytes(payload))
