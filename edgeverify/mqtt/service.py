@@ -135,6 +135,7 @@ class MqttService:
         self._net_beat = time.monotonic()  # last sign of life of the network loop (any packet in/out)
         self._net_error: Optional[str] = None  # last socket error paho reported (the cause of a drop)
         self._conn_state = ""
+        self._failures_logged: set[str] = set()  # failure states already logged since the last good connection
         self._online_at = 0.0
         self._stopping = False
         self._lock = threading.Lock()
@@ -193,10 +194,22 @@ class MqttService:
         c.reconnect = reconnect  # type: ignore[method-assign]
 
     def _set_conn_state(self, text: str, level: int = logging.WARNING) -> None:
-        """Log a connection state once per change, not once per retry."""
-        if text != self._conn_state:
-            self._conn_state = text
-            log.log(level, "mqtt: %s", text)
+        """Log a connection state once per change, not once per retry.
+
+        A failing broker often alternates between causes (a TLS alert, then an EOF on the next try); each
+        distinct failure is logged once until a connection succeeds, so the journal does not flip-flop.
+        """
+        if text == self._conn_state:
+            return
+        self._conn_state = text
+        if level >= logging.WARNING:
+            if text in self._failures_logged:
+                return
+            if len(self._failures_logged) < 64:  # bounded: causes that embed varying text cannot grow it
+                self._failures_logged.add(text)
+        else:
+            self._failures_logged.clear()
+        log.log(level, "mqtt: %s", text)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Publish the retained "offline" and disconnect cleanly (so the broker does not send the will)."""
