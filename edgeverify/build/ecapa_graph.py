@@ -7,7 +7,8 @@ batch row and no padding masks: the core embeds clips one at a time.
 
 Exact rewrites make it cheaper than a literal transcription (README "Model and accuracy" has the figures):
 - the attention's global-context 1x1 conv over concat[x, mean, std] is split into W_x @ x plus a
-  per-utterance bias W_m @ mean + W_s @ std (a third of the 9216-input conv's work);
+  per-utterance bias W_m @ mean + W_s @ std (a third of the 9216-input conv's work), and W_x @ x reads
+  the layer's ReLU output with its BatchNorm folded into W_x (so it can run int8);
 - BatchNorm (inference) becomes one per-channel multiply-add with precomputed scale and shift;
 - subnormal weights become zeros (see _GraphBuilder.param);
 - squeeze-excitation and attentive pooling run time-major, sums over time as MatMuls (see
@@ -91,12 +92,16 @@ class _GraphBuilder:
             dilations=[dilation],
         )
 
-    def batchnorm(self, x: str, prefix: str, rank: int = 3) -> str:
+    def batchnorm_affine(self, prefix: str) -> tuple:
+        """Inference BatchNorm as (scale, shift) per channel."""
         gamma, beta = self.param(f"{prefix}.weight"), self.param(f"{prefix}.bias")
         mean, var = self.param(f"{prefix}.running_mean"), self.param(f"{prefix}.running_var")
         self.used.add(f"{prefix}.num_batches_tracked")
         scale = gamma / np.sqrt(var + BN_EPS)
-        shift = beta - mean * scale
+        return scale, beta - mean * scale
+
+    def batchnorm(self, x: str, prefix: str, rank: int = 3) -> str:
+        scale, shift = self.batchnorm_affine(prefix)
         shape = (-1, 1) if rank == 3 else (-1,)
         x = self.op("Mul", [x, self.const(f"{prefix}.scale", scale.reshape(shape))])
         return self.op("Add", [x, self.const(f"{prefix}.shift", shift.reshape(shape))])
@@ -106,10 +111,15 @@ class _GraphBuilder:
         ``time_major_out``: return (B, T, C), transposed before the norm so that no MatMul reads a
         Transpose directly (onnxruntime would fuse the two and then could not cancel the Transpose
         against the channels-last layout of its int8 convs)."""
-        y = self.op("Relu", [self.conv(x, f"{prefix}.conv.conv", dilation)])
         if time_major_out:
-            return self.batchnorm(self.op("Transpose", [y], perm=[0, 2, 1]), f"{prefix}.norm.norm", rank=2)
+            return self.tdnn_time_major(x, prefix)[1]
+        y = self.op("Relu", [self.conv(x, f"{prefix}.conv.conv", dilation)])
         return self.batchnorm(y, f"{prefix}.norm.norm")
+
+    def tdnn_time_major(self, x: str, prefix: str) -> tuple:
+        """A 1x1 tdnn returning (B, T, C) tensors: (its ReLU output, its normed output)."""
+        y = self.op("Transpose", [self.op("Relu", [self.conv(x, f"{prefix}.conv.conv")])], perm=[0, 2, 1])
+        return y, self.batchnorm(y, f"{prefix}.norm.norm", rank=2)
 
     def se_res2net(self, x: str, prefix: str, dilation: int) -> str:
         y = self.tdnn(x, f"{prefix}.tdnn1")
@@ -130,14 +140,15 @@ class _GraphBuilder:
         y = self.op("Transpose", [self.op("Mul", [y, s])], perm=[0, 2, 1])
         return self.op("Add", [y, x])
 
-    def dense(self, x: str, prefix: str, weight: Optional[np.ndarray] = None, with_bias: bool = True) -> str:
-        """A 1x1 Conv1d applied to time-major (B, T, C_in) input as one MatMul (+ bias)."""
+    def dense(self, x: str, prefix: str, weight: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None) -> str:
+        """A 1x1 Conv1d applied to time-major (B, T, C_in) input as one MatMul (+ bias). The MatMul node is
+        named ``prefix``: the quantiser makes exactly these MatMuls int8 (quantize.INT8_MATMULS)."""
         if weight is None:
             weight = self.param(f"{prefix}.weight")
-        y = self.op("MatMul", [x, self.const(f"{prefix}.weight_t", weight[:, :, 0].T)])
-        if with_bias:
-            y = self.op("Add", [y, self.const(f"{prefix}.bias", self.param(f"{prefix}.bias"))])
-        return y
+        if bias is None:
+            bias = self.param(f"{prefix}.bias")
+        y = self.op("MatMul", [x, self.const(f"{prefix}.weight_t", weight[:, :, 0].T)], node=prefix)
+        return self.op("Add", [y, self.const(f"{prefix}.bias", bias)])
 
     def utterance_conv(self, row: str, prefix: str, weight: Optional[np.ndarray] = None, with_bias: bool = True) -> str:
         """A 1x1 conv on one (B, 1, C) row kept a Conv (so the quantiser makes its weights int8: 9 MB less
@@ -166,12 +177,17 @@ class _GraphBuilder:
         eps = self.const(f"eps_{self._count}", np.array(STATS_EPS, dtype=np.float32))
         return self.op("Sqrt", [self.op("Max", [var, eps])])
 
-    def attentive_pooling(self, x: str) -> str:
+    def attentive_pooling(self, x: str, relu: str, norm_prefix: str) -> str:
         """Attentive statistics pooling on time-major (B, T, C) frames, as MatMuls (GEMV over time for every
         sum, GEMM for the 1x1 convs) and elementwise ops: no Transpose of the 3072 x T tensor, no
         reduction over a non-last axis. Stats are taken of y = x - mean(x), which the global context needs
         anyway: weighted mean = mean + sum(a*y), weighted var = sum(a*y^2) - sum(a*y)^2 (exact, and with y
-        centred there is no cancellation). Returns (B, 1, 2C)."""
+        centred there is no cancellation). Returns (B, 1, 2C).
+
+        ``x`` is BatchNorm(``relu``) (``norm_prefix``): the attention's frame-level conv reads ``relu`` with
+        the norm folded into its weights and bias, an exact rewrite that lets it run int8. Per-tensor uint8
+        of ``x`` itself cannot hold its channels of very different scale (cosine to fp32 0.80); ``relu`` is
+        the int8 conv's own output, already on one uint8 grid."""
         channels = CHANNELS[-1]
         mean = self.op("MatMul", [self.time_mean, x])
         centred = self.op("Sub", [x, mean])
@@ -179,7 +195,9 @@ class _GraphBuilder:
         std = self.sqrt_clamped(self.op("MatMul", [self.time_mean, squared]))
         weight = self.param("asp.tdnn.conv.conv.weight")  # (128, 3*C, 1) over concat[x, mean, std]
         w_x, w_m, w_s = weight[:, :channels], weight[:, channels : 2 * channels], weight[:, 2 * channels :]
-        local = self.dense(x, "asp.tdnn.conv.conv", w_x)  # with the conv's bias
+        scale, shift = self.batchnorm_affine(norm_prefix)
+        folded_bias = self.param("asp.tdnn.conv.conv.bias") + w_x[:, :, 0] @ shift
+        local = self.dense(relu, "asp.tdnn.conv.conv", w_x * scale[None, :, None], folded_bias)
         ctx = self.op("Add", [self.utterance_conv(mean, "asp.tdnn.conv.mean", w_m, False),
                               self.utterance_conv(std, "asp.tdnn.conv.std", w_s, False)])
         attn = self.batchnorm(self.op("Relu", [self.op("Add", [local, ctx])]), "asp.tdnn.norm.norm", rank=2)
@@ -211,8 +229,8 @@ def build_ecapa_model(state: Mapping[str, np.ndarray], metadata: Optional[Dict[s
         x = g.se_res2net(x, f"blocks.{i}", DILATIONS[i])
         block_outputs.append(x)
     # Time-major from here: onnxruntime runs its int8 convs channels-last, so this Transpose cancels its own.
-    x = g.tdnn(g.op("Concat", block_outputs, axis=1), "mfa", time_major_out=True)
-    pooled = g.batchnorm(g.attentive_pooling(x), "asp_bn.norm", rank=2)
+    relu, x = g.tdnn_time_major(g.op("Concat", block_outputs, axis=1), "mfa")
+    pooled = g.batchnorm(g.attentive_pooling(x, relu, "mfa.norm.norm"), "asp_bn.norm", rank=2)
     emb = g.utterance_conv(pooled, "fc.conv")  # (B, 1, 192)
     axes = g.const("squeeze_axes", np.array([1], dtype=np.int64))
     g.op("Squeeze", [emb, axes], name="embedding")

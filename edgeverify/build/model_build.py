@@ -199,7 +199,8 @@ def build_models(
     int8_meta = {
         **base_meta,
         "variant": "int8",
-        "quantization": "QDQ static; uint8 activations (99.999th percentile ranges), int8 per-channel 7-bit weights; Conv only",
+        "quantization": "QDQ static; uint8 activations (99.999th percentile ranges), int8 per-channel 7-bit weights; "
+                        "Conv+ReLU and the attention's frame-level 3072->128 MatMul",
         "default_threshold": manifest["default_threshold"]["int8"],
     }
     _stamp_metadata(tmp_int8, int8_meta)
