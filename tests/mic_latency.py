@@ -430,9 +430,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0 if report["summary"]["events"] == len(clips) else 1
     cols = ("duration_s", "speech_end_s", "utterance_s", "total_ms", "vad_wait_ms", "capture_ms", "queued_ms",
             "decide_ms", "deliver_ms", "paplay_lag_ms", "events")
-    print(f"{'file':<16}" + "".join(f"{c:>13}" for c in cols))
+    print(f"{'file':<16}" + "".join(f"{c:>{len(c) + 2}}" for c in cols))
     for c in report["clips"]:
-        print(f"{c['file']:<16}" + "".join(f"{'-' if c[k] is None else c[k]:>13}" for k in cols))
+        print(f"{c['file']:<16}" + "".join(f"{'-' if c[k] is None else c[k]:>{len(k) + 2}}" for k in cols))
     s = report["summary"]
     print(f"\n{s['events']}/{s['clips']} events; end of speech -> MQTT event: median {s['total_ms']['median']:.0f} ms, "
           f"max {s['total_ms']['max']:.0f} ms" if "total_ms" in s else f"\n{s['events']}/{s['clips']} events")
