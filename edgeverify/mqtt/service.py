@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ..core.audio import TARGET_RATE
 from ..store.config import Config
 from .delivery import Ack, AckLedger, CachedReply, ReplyCache, request_key
 from ..errors import EdgeVerifyError, RequestError
@@ -384,7 +385,7 @@ class MqttService:
     def submit_utterance(self, samples: np.ndarray) -> bool:
         """From the microphone thread; False (utterance dropped, logged) when the worker is behind."""
         try:
-            self._queue.put_nowait(_Job(samples=samples))
+            self._queue.put_nowait(_Job(samples=samples, received=time.monotonic()))
             return True
         except queue.Full:
             log.warning("request queue full: microphone utterance dropped")
@@ -465,6 +466,7 @@ class MqttService:
                 log.exception("admin task failed")
             return
         if job.samples is not None:
+            queued_ms = 1000 * (time.monotonic() - job.received)
             try:
                 resp = self.handler.utterance(job.samples)
             except Exception:  # a bug must not kill the worker (and with it the watchdog pings)
@@ -474,6 +476,9 @@ class MqttService:
                 resp.elapsed_ms = 1000 * (time.perf_counter() - started)
                 body = resp.to_dict(self.config.device_id)
                 self.publish_decision(body, "microphone")
+                # where the time between the cut and the event goes (tests/mic_latency.py reads this)
+                log.debug("microphone decision: %.2f s utterance, %.1f ms queued, %.1f ms to decide",
+                          job.samples.size / TARGET_RATE, queued_ms, resp.elapsed_ms)
             return
         if self._expired(job):
             return
