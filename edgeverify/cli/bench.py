@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"int8 floor: {floor['conv']}: {floor['conv_cpu_ms']} ms = {floor['gmac_per_s']} GMAC/s"
           + (f"; ECAPA {floor['ecapa_gmac_3s']} GMAC per 3 s -> floor {floor['floor_ms_3s']} ms" if "floor_ms_3s" in floor else ""))
     for name, info in result["models"].items():
-        print(f"{name}: {info['file_mb']} MB, load {info['load_ms']} ms, verify peak RSS {info.get('verify_peak_rss_mb')} MB, "
-              f"service RSS {info.get('service_rss')}")
+        print(f"{name}: {info['file_mb']} MB, load {info['load_ms']} ms, verify peak RSS (two 3 s / 10 s clips) "
+              f"{info.get('verify_peak_rss_mb')} / {info.get('verify_peak_rss_mb_10s')} MB, service RSS {info.get('service_rss')}, "
+              f"20 s request {info.get('service_rss_20s')}")
     if "speechbrain" in result:
         print(f"SpeechBrain: {result['speechbrain']}")
     print(f"{'model':6} {'clip_s':>6} {'thr':>3} {'median_ms':>10} {'cpu_ms':>8} {'p90_ms':>8} {'ms/s':>7} {'rtf':>8}")

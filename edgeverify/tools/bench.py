@@ -74,16 +74,16 @@ def load_time_ms(path: Path, threads: int = 1, repeats: int = 3) -> float:
 _PEAK_RSS = "int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024"
 
 
-def verify_peak_rss_mb(model: str) -> Optional[float]:
-    """Peak RSS (VmHWM) of a real `edgeverify verify` run on two 3 s clips. Read in the child: ru_maxrss
-    of a child keeps the forking parent's peak across exec, so it would report this bench's own size."""
+def verify_peak_rss_mb(model: str, seconds: float = 3.0) -> Optional[float]:
+    """Peak RSS (VmHWM) of a real `edgeverify verify` run on two clips of ``seconds``. Read in the child:
+    ru_maxrss of a child keeps the forking parent's peak across exec, so it would report this bench's own size."""
     import soundfile as sf
 
     with tempfile.TemporaryDirectory() as tmp:
         clips = []
         for i in range(2):
             path = Path(tmp) / f"clip{i}.wav"
-            sf.write(path, _test_signal(3.0) * (1 + i), TARGET_RATE, subtype="PCM_16")
+            sf.write(path, _test_signal(seconds) * (1 + i), TARGET_RATE, subtype="PCM_16")
             clips.append(str(path))
         script = (
             "import sys\nfrom edgeverify.__main__ import main\n"
@@ -271,9 +271,11 @@ def run_bench(
                 ))
             del embedder
         if measure_rss:
-            rss = verify_peak_rss_mb(model)
-            per_model[model]["verify_peak_rss_mb"] = round(rss, 1) if rss is not None else None
+            for seconds, key in ((3.0, "verify_peak_rss_mb"), (10.0, "verify_peak_rss_mb_10s")):
+                rss = verify_peak_rss_mb(model, seconds)
+                per_model[model][key] = round(rss, 1) if rss is not None else None
             per_model[model]["service_rss"] = service_rss_mb(model)
+            per_model[model]["service_rss_20s"] = service_rss_mb(model, 20.0)  # the longest speech embedded
     result: Dict = {
         "rows": [asdict(r) for r in rows],
         "models": per_model,
