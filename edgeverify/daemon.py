@@ -33,8 +33,8 @@ def _load_verifier(config: Config) -> Any:
                              score_mode=config.score, target_far=config.target_far)
     verifier.warm_up()
     log.info(
-        "model %s ready in %.0f ms (%s scores, decisions at %s)", config.model, 1000 * (time.perf_counter() - started),
-        verifier.score_mode, verifier.operating_point
+        "model %s ready in %.0f ms (%d thread(s), %s scores, decisions at %s)", config.model,
+        1000 * (time.perf_counter() - started), verifier.embedder.threads, verifier.score_mode, verifier.operating_point
     )
     return verifier
 

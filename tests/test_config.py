@@ -50,7 +50,8 @@ def test_defaults() -> None:
         ({"threshold": 2}, "threshold: must be a number -1-1, got 2"),
         ({"threshold": True}, "threshold: must be a number"),
         ({"model": "int4"}, "model: must be int8, fp32 or a path to an .onnx file"),
-        ({"threads": 0}, "threads: must be an integer 1-64"),
+        ({"threads": 0}, "threads: must be auto or an integer 1-64"),
+        ({"threads": "many"}, "threads: must be auto or an integer 1-64"),
         ({"vad_mode": "on"}, "vad_mode: must be one of check, trim, off, got 'on'"),
         ({"limits": {"queue_size": 0}}, "limits.queue_size: must be an integer 1-1000, got 0"),
         ({"limits": {"max_payload_bytes": 1.5}}, "limits.max_payload_bytes: must be an integer"),
@@ -156,3 +157,28 @@ def test_mqtt_delivery_defaults() -> None:
     assert m.session_expiry_s == 3600 and m.reply_topics == [] and m.certfile is None and m.keyfile is None
     m = parse_config({"mqtt": {"session_expiry_s": 0, "reply_topics": ["hub/answers/#", "+/replies"]}}).mqtt
     assert m.session_expiry_s == 0 and m.reply_topics == ["hub/answers/#", "+/replies"]
+
+
+def test_threads_auto_is_the_default_and_follows_the_usable_cpus() -> None:
+    """auto = half the CPUs this process may run on (systemd CPUAffinity=, taskset), 1-4."""
+    import subprocess
+    import sys
+
+    assert parse_config({}).threads == "auto" and parse_config({"threads": "auto"}).threads == "auto"
+    assert parse_config({"threads": 3}).threads == 3
+    code = ("import os; from edgeverify.core.embedder import resolve_threads as r; cpus = sorted(os.sched_getaffinity(0)); "
+            "os.sched_setaffinity(0, cpus[:1]); one = r('auto'); os.sched_setaffinity(0, cpus); "
+            "print(one, r('auto'), r(3), len(cpus))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    one, full, three, cpus = (int(v) for v in out)
+    assert (one, three) == (1, 3)
+    assert full == max(1, min(4, cpus // 2))
+
+
+def test_bad_thread_counts_are_model_errors() -> None:
+    from edgeverify.core.embedder import resolve_threads
+    from edgeverify.errors import ModelError
+
+    for bad in (0, -2, "two", True, 1.5):
+        with pytest.raises(ModelError, match="threads"):
+            resolve_threads(bad)

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import numpy as np
 
@@ -111,7 +111,7 @@ class Verifier:
     def load(
         cls,
         model: str = "int8",
-        threads: int = 1,
+        threads: Union[int, str] = 1,
         threshold: Optional[float] = None,
         vad_mode: str = DEFAULT_VAD_MODE,
         score_mode: str = DEFAULT_SCORE_MODE,

@@ -126,7 +126,7 @@ class WyomingConfig:
 class Config:
     device_id: str = field(default_factory=_default_device_id)
     model: str = "int8"  # int8 | fp32 | path to an .onnx file
-    threads: int = 1
+    threads: Union[int, str] = "auto"  # onnxruntime threads, or auto: half the usable CPUs, 1-4 (embedder.resolve_threads)
     threshold: Optional[float] = None  # raw cosine threshold (0.1 meaning); None = calibrated operating point
     target_far: Optional[float] = None  # operating point: false-accept rate on the calibration trials; None = EER
     score: str = "calibrated"  # calibrated | cosine (scoring.py)
@@ -418,7 +418,12 @@ def parse_config(data: Any, source: Optional[str] = None) -> Config:
         if c.model not in ("int8", "fp32") and not c.model.endswith(".onnx"):
             raise _fail("model", "must be int8, fp32 or a path to an .onnx file", c.model)
     if "threads" in d:
-        c.threads = _int("threads", d["threads"], 1, 64)
+        if d["threads"] == "auto":
+            c.threads = "auto"
+        elif isinstance(d["threads"], bool) or not isinstance(d["threads"], int) or not 1 <= d["threads"] <= 64:
+            raise _fail("threads", "must be auto or an integer 1-64", d["threads"])
+        else:
+            c.threads = d["threads"]
     if d.get("threshold") is not None:
         c.threshold = _num("threshold", d["threshold"], -1, 1)
     if d.get("target_far") is not None:
