@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .features import normalized_features
+from .blas import limit_blas_threads
 from .memory import tune_malloc
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def make_session(path: Union[str, Path], threads: Union[int, str] = 1):
     import onnxruntime as ort
 
     tune_malloc()
+    limit_blas_threads()  # numpy's spinning BLAS threads halved the speed of onnxruntime's (core/blas.py)
     threads = resolve_threads(threads)
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False
