@@ -17,6 +17,7 @@ Exact rewrites make it cheaper than a literal transcription (README "Model and a
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -34,6 +35,14 @@ EMBEDDING_DIM = 192
 OPSET = 17
 # Largest |logit| of the attention for which exp() cannot overflow float32 summed over an hour of frames.
 SAFE_EXP_BOUND = 60.0
+
+
+def _exact_matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """matrix @ vector correctly rounded to float32. A BLAS product sums in an order that depends on the
+    CPU (the emulated A72 built a different model than x86); float32 products are exact in float64 and
+    fsum adds them exactly, so the build stays byte-identical everywhere."""
+    products = matrix.astype(np.float64) * vector.astype(np.float64)[None, :]
+    return np.array([math.fsum(row) for row in products], dtype=np.float32)
 
 
 class _GraphBuilder:
@@ -196,7 +205,7 @@ class _GraphBuilder:
         weight = self.param("asp.tdnn.conv.conv.weight")  # (128, 3*C, 1) over concat[x, mean, std]
         w_x, w_m, w_s = weight[:, :channels], weight[:, channels : 2 * channels], weight[:, 2 * channels :]
         scale, shift = self.batchnorm_affine(norm_prefix)
-        folded_bias = self.param("asp.tdnn.conv.conv.bias") + w_x[:, :, 0] @ shift
+        folded_bias = self.param("asp.tdnn.conv.conv.bias") + _exact_matvec(w_x[:, :, 0], shift)
         local = self.dense(relu, "asp.tdnn.conv.conv", w_x * scale[None, :, None], folded_bias)
         ctx = self.op("Add", [self.utterance_conv(mean, "asp.tdnn.conv.mean", w_m, False),
                               self.utterance_conv(std, "asp.tdnn.conv.std", w_s, False)])
