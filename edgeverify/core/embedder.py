@@ -21,17 +21,21 @@ log = logging.getLogger(__name__)
 AUTO_THREADS_MAX = 4
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (honours systemd CPUAffinity= and taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def resolve_threads(threads: Union[int, str]) -> int:
     """onnxruntime intra-op threads for a setting: a count, or "auto" = half the CPUs this process may run
     on, 1 to 4. Half: the other cores stay with capture, MQTT and the rest of the home box; at most 4:
     ECAPA's per-op work at a few seconds of audio does not spread further (2 threads gave 1.4x on a 3 s
     clip and 1.6x on 10 s, on an otherwise idle x86 core pair)."""
     if threads == "auto":
-        try:
-            cpus = len(os.sched_getaffinity(0))  # honours systemd CPUAffinity= and taskset
-        except (AttributeError, OSError):
-            cpus = os.cpu_count() or 1
-        return max(1, min(AUTO_THREADS_MAX, cpus // 2))
+        return max(1, min(AUTO_THREADS_MAX, usable_cpus() // 2))
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ModelError(f"threads must be a positive integer or 'auto', not {threads!r}")
     return threads
@@ -43,7 +47,8 @@ def make_session(path: Union[str, Path], threads: Union[int, str] = 1):
     With more than one thread the pool's workers spin between the graph's ~400 small ops instead of
     sleeping and waking for each (3 s clip at 2 threads: 23.6 instead of 26.6 ms); onnxruntime stops the
     spinning when a run ends (~1 % of a core idle), so it costs only during a request. One thread has no
-    pool and spins nothing.
+    pool and spins nothing; more threads than usable CPUs do not spin either (a spinning worker would hold
+    the core another one needs: 4 threads on 2 cores took 69 ms per 3 s clip).
 
     Memory: no CPU arena. With the arena, a 10 s clip peaked ~33 MB higher (the arena rounds its chunks
     up and keeps what it has grown; shrinking after each run only returned part of it). Without it every
@@ -61,7 +66,8 @@ def make_session(path: Union[str, Path], threads: Union[int, str] = 1):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
+    spin = 1 < threads <= usable_cpus()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
