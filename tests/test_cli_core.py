@@ -48,6 +48,10 @@ def test_verify_same_and_different(speech_dir: Path, int8_model: Path) -> None:
     assert text.returncode == 0 and text.stdout.startswith("different speakers")
     both = edgeverify("verify", *_pair(speech_dir, SAME), "--threshold", "0.5", "--target-far", "0.01")
     assert both.returncode == 2 and "either --threshold or --target-far" in both.stderr
+    two = edgeverify("verify", *_pair(speech_dir, SAME), "--json", "--threads", "2")
+    assert two.returncode == 0 and json.loads(two.stdout)["score"] == pytest.approx(json.loads(same.stdout)["score"], abs=1e-4)
+    bad = edgeverify("verify", *_pair(speech_dir, SAME), "--threads", "0")
+    assert bad.returncode == 2 and "must be auto or a positive integer" in bad.stderr
 
 
 def test_verify_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, speech_dir: Path, int8_model: Path, write_clip) -> None:
@@ -106,6 +110,7 @@ def test_bench_json_rows(int8_model: Path) -> None:
     assert out["models"]["int8"]["file_mb"] < 25
     assert row["cpu_median_ms"] > 0 and row["ms_per_audio_s"] == pytest.approx(row["median_ms"] / 3, rel=0.01)
     assert out["floor"]["gmac_per_s"] > 0 and out["cpu_int8"]["int8_path"]
+    assert 1 <= out["threads_auto"] <= 4
 
 
 def test_bench_text_output(int8_model: Path) -> None:

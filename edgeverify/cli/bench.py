@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     cpu = result["cpu_int8"]
-    print(f"CPU: {result['cpu']} ({cpu['cores']} cores), int8 path: {cpu['int8_path']}")
+    print(f"CPU: {result['cpu']} ({cpu['cores']} cores), int8 path: {cpu['int8_path']}; "
+          f"threads: auto = {result['threads_auto']}")
     floor = result["floor"]
     print(f"int8 floor: {floor['conv']}: {floor['conv_cpu_ms']} ms = {floor['gmac_per_s']} GMAC/s"
           + (f"; ECAPA {floor['ecapa_gmac_3s']} GMAC per 3 s -> floor {floor['floor_ms_3s']} ms" if "floor_ms_3s" in floor else ""))

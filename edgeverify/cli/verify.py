@@ -8,15 +8,25 @@ import socket
 import time
 import uuid
 from datetime import datetime, timezone
+from typing import Union
 
 from ..core.scoring import DEFAULT_SCORE_MODE, SCORE_MODES
 from ..core.vad import DEFAULT_VAD_MODE, VAD_MODES
 
 
+def _threads(text: str) -> Union[int, str]:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a positive integer, not {text!r}")
+    return int(text)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every command that loads the model."""
     parser.add_argument("--model", default="int8", help="int8 (default), fp32, or a path to an .onnx model")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    parser.add_argument("--threads", type=_threads, default="auto",
+                        help="onnxruntime intra-op threads, or auto: half the usable CPUs, 1-4 (default auto)")
     parser.add_argument(
         "--vad",
         choices=VAD_MODES,

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.audio import TARGET_RATE
-from ..core.embedder import Embedder
+from ..core.embedder import Embedder, resolve_threads
 from ..core.model_store import resolve_model
 
 FLOOR_FRAMES = 300  # a 3 s clip's frame count, where the floor conv and ECAPA's MACs are counted
@@ -282,6 +282,7 @@ def run_bench(
         "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "cpu": _cpu_name(),
         "cpu_int8": cpu_int8_features(),
+        "threads_auto": resolve_threads("auto"),  # what `threads: auto` (the default) runs with here
     }
     result["floor"] = floor = int8_floor(runs)
     fp32_path = resolve_model("fp32") if "fp32" in models else None
