@@ -102,3 +102,13 @@ def int8_verifier(int8_model: Path):
     from edgeverify.core.verifier import Verifier
 
     return Verifier.load(str(int8_model))
+
+
+@pytest.fixture
+def hub(broker):  # noqa: ANN001 -- `broker` is the requesting module's own (module-scoped) broker fixture
+    """An MQTT client of the test module's broker (tests/broker.py Hub), closed after the test."""
+    from broker import Hub  # tests/ is on sys.path for every module that has a broker fixture
+
+    h = Hub(broker.port)
+    yield h
+    h.close()

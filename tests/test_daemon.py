@@ -159,13 +159,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, broker: Broker, int8_model:
     d.stop()
 
 
-@pytest.fixture
-def hub(broker: Broker) -> Any:
-    h = Hub(broker.port)
-    yield h
-    h.close()
-
-
 def _ask(hub: Hub, topic: str, payload: bytes, user: Optional[dict[str, str]] = None, timeout: float = 10) -> dict:
     """v5 request/response: own response topic, matched by correlation data."""
     reply = f"hub/replies/{uuid.uuid4().hex}"

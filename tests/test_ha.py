@@ -71,13 +71,6 @@ def ha_daemon(tmp_path_factory: pytest.TempPathFactory, broker: Broker, int8_mod
     d.stop()
 
 
-@pytest.fixture
-def hub(broker: Broker) -> Any:
-    h = Hub(broker.port)
-    yield h
-    h.close()
-
-
 def test_device_based_discovery_and_migration(ha_daemon: DaemonProcess, broker: Broker) -> None:
     seen = [(m.topic, bytes(m.payload), m.retain) for m in ha_daemon.startup if m.topic.startswith("homeassistant/")]
     live = [(t, p) for t, p, retain in seen if not retain]  # what the daemon sent after connecting
@@ -179,6 +172,8 @@ def test_admin_enroll_list_forget(ha_daemon: DaemonProcess, hub: Hub, clips: dic
     assert r["ok"] is False and r["error"]["code"] == "profile_error"
     r = _admin(hub, base, {"type": "enroll", "name": "dave", "utterances": 2})
     assert r["ok"] is False and "microphone" in r["error"]["message"]
+    r = _admin(hub, base, {"type": "x" * 20000, "request_id": "a8"})  # a hostile type is quoted cut short
+    assert r["ok"] is False and r["error"]["code"] == "bad_request" and len(r["error"]["message"]) < 200, r
     # the default answer topic (no response topic, no reply_to) is the admin one, not <base>/response
     hub.subscribe(f"{base}/admin/response")
     hub.publish(f"{base}/admin/request", b'{"type": "list", "request_id": "a9"}')
@@ -232,8 +227,18 @@ def test_enroll_from_ha_with_the_microphone(tmp_path: Path, broker: Broker, int8
             assert {doc["cmps"][k]["p"] for k in ("enroll_name", "enroll_utterances", "enroll")} == {"text", "number", "button"}
             hub.subscribe(f"{base}/admin/ha/state")
             hub.subscribe(f"{base}/event")
-            hub.publish(doc["cmps"]["enroll_name"]["command_topic"], b"erin")
-            hub.publish(doc["cmps"]["enroll_utterances"]["command_topic"], b"2")
+            # hostile values on HA's command topics: a status that says why, never a dead handler
+            name_t, count_t = doc["cmps"]["enroll_name"]["command_topic"], doc["cmps"]["enroll_utterances"]["command_topic"]
+            for topic, bad, status in ((count_t, b"inf", "invalid utterances"), (count_t, b"1e999", "invalid utterances"),
+                                       (count_t, b"nan", "invalid utterances"), (count_t, b"\xff\xfe", "invalid utterances"),
+                                       (name_t, b"../../etc", "invalid name"), (name_t, b"\x00" * 5000, "invalid name")):
+                hub.publish(topic, bad)
+                st = json.loads(hub.wait(lambda m: m.topic == f"{base}/admin/ha/state"
+                                         and json.loads(m.payload)["status"] == status, 5).payload)
+                hub.publish(name_t, b"")  # back to idle, so that the next wait sees a fresh status
+                hub.wait(lambda m: m.topic == f"{base}/admin/ha/state" and json.loads(m.payload)["status"] == "idle", 5)
+            hub.publish(name_t, b"erin")
+            hub.publish(count_t, b"2")
             hub.wait(lambda m: m.topic == f"{base}/admin/ha/state" and json.loads(m.payload)["utterances"] == 2, 5)
             hub.publish(doc["cmps"]["enroll"]["command_topic"], b"PRESS")
             hub.wait(lambda m: m.topic == f"{base}/admin/ha/state" and json.loads(m.payload)["status"] == "recording", 5)

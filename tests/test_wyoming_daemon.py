@@ -25,8 +25,19 @@ pytestmark = [
 ]
 
 
-def test_daemon_publishes_wyoming_decisions(tmp_path: Path, int8_verifier: Any, int8_model: Path, speech_dir: Path) -> None:
+async def transcript_of(client: Any, wav: Path) -> str:
+    """Stream a recording to the proxy as a Wyoming client; the transcript it answers (no error before it)."""
     from wyoming.asr import Transcript
+
+    await stream(client, pcm16(wav))
+    while True:
+        event = await asyncio.wait_for(client.read_event(), 60)
+        assert event is not None and event.type != "error", event
+        if event.type == "transcript":
+            return Transcript.from_event(event).text
+
+
+def test_daemon_publishes_wyoming_decisions(tmp_path: Path, int8_verifier: Any, int8_model: Path, speech_dir: Path) -> None:
     from wyoming.client import AsyncTcpClient
 
     from edgeverify.core.audio import read_audio
@@ -48,12 +59,7 @@ def test_daemon_publishes_wyoming_decisions(tmp_path: Path, int8_verifier: Any, 
                 stt = await StandInStt(port=stt_port).start()
                 try:
                     async with AsyncTcpClient("127.0.0.1", proxy_port) as client:
-                        await stream(client, pcm16(d / "p225_022.wav"))
-                        while True:
-                            event = await asyncio.wait_for(client.read_event(), 60)
-                            assert event is not None and event.type != "error", event
-                            if event.type == "transcript":
-                                return Transcript.from_event(event).text
+                        return await transcript_of(client, d / "p225_022.wav")
                 finally:
                     await stt.stop()
 
@@ -81,7 +87,6 @@ def test_standalone_command_prints_decisions(tmp_path: Path, int8_verifier: Any,
     import select
     import subprocess
 
-    from wyoming.asr import Transcript
     from wyoming.client import AsyncTcpClient
 
     from edgeverify.core.audio import read_audio
@@ -112,12 +117,7 @@ def test_standalone_command_prints_decisions(tmp_path: Path, int8_verifier: Any,
                         assert proc.poll() is None, proc.stderr.read().decode()
                         await asyncio.sleep(0.1)
                 async with client:
-                    await stream(client, pcm16(d / "p226_022.wav"))
-                    while True:
-                        event = await asyncio.wait_for(client.read_event(), 60)
-                        assert event is not None and event.type != "error", event
-                        if event.type == "transcript":
-                            return Transcript.from_event(event).text
+                    return await transcript_of(client, d / "p226_022.wav")
             finally:
                 await stt.stop()
 

@@ -22,7 +22,7 @@ from ..store.config import AdminConfig
 from ..store.enrollment import EnrollmentReport, enroll
 from ..errors import AdminDisabledError, EdgeVerifyError, RequestError
 from ..store.profiles import check_name
-from .protocol import META_FIELDS, Clip, RequestMeta, Response, _clip, _opt_str, error_response, load_json, meta_fields
+from .protocol import META_FIELDS, Clip, RequestMeta, Response, _clip, _opt_str, error_response, meta_fields, typed_object
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,7 @@ class AdminRequest(RequestMeta):
 
 def parse_admin_request(payload: bytes, max_clips: int) -> AdminRequest:
     """RequestError for anything malformed (never another exception)."""
-    obj = load_json(payload)  # bounded: hostile nesting is a RequestError, never a RecursionError
-    if not isinstance(obj, dict):
-        raise RequestError("payload must be a JSON object")
-    kind = obj.get("type")
-    if kind not in ADMIN_TYPES:
-        raise RequestError(f"admin 'type' must be one of {', '.join(ADMIN_TYPES)}, got {kind!r}")
+    obj, kind = typed_object(payload, ADMIN_TYPES, "admin 'type'")  # bounded parse, bad type quoted cut short
     req = AdminRequest(type=kind, **meta_fields(obj), name=_opt_str(obj, "name"))
     if kind in ("enroll", "forget"):
         if not req.name:

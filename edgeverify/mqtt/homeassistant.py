@@ -198,7 +198,7 @@ class HomeAssistantLink:
         elif msg.topic == t.ha_enroll_utterances:
             try:
                 n = int(float(text))
-            except ValueError:
+            except (ValueError, OverflowError):  # "nan", "x"; "inf", "1e999"
                 n = 0
             if 1 <= n <= self.service.config.admin.max_clips:
                 self.enroll_state["utterances"] = n

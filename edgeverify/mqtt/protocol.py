@@ -18,7 +18,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -175,15 +175,22 @@ def _clip(obj: Mapping[str, Any], key: str) -> Clip:
     return Clip(name=_cut(str(name)) if name is not None else f"{key}.wav", data=data)
 
 
-def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
-    """A JSON request (bytes, or the object load_json made of them, so that a caller parses only once);
-    RequestError for anything malformed (never another exception)."""
+def typed_object(payload: Union[bytes, Mapping[str, Any]], types: Sequence[str], what: str = "'type'") -> tuple:
+    """(object, its type) of a JSON request of one of ``types``; RequestError otherwise. Parses bytes with
+    load_json (bounded), and quotes a bad type cut short: the payload is hostile until checked."""
     obj = payload if isinstance(payload, Mapping) else load_json(payload)
     if not isinstance(obj, dict):
         raise RequestError("payload must be a JSON object")
     kind = obj.get("type")
-    if kind not in REQUEST_TYPES:
-        raise RequestError(f"'type' must be one of {', '.join(REQUEST_TYPES)}, got {_shown(kind)}")
+    if kind not in types:
+        raise RequestError(f"{what} must be one of {', '.join(types)}, got {_shown(kind)}")
+    return obj, kind
+
+
+def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
+    """A JSON request (bytes, or the object load_json made of them, so that a caller parses only once);
+    RequestError for anything malformed (never another exception)."""
+    obj, kind = typed_object(payload, REQUEST_TYPES)
     req = Request(type=kind, **meta_fields(obj), profile=_opt_str(obj, "profile"))
     req.threshold = _opt_float(obj, "threshold", -1.0, 1.0)
     req.target_far = _target_far(obj, req.threshold)
