@@ -264,10 +264,10 @@ def _client(port: int, user: str) -> Hub:
 
 
 def test_readme_acl_limits_admin(tmp_path: Path, int8_model: Path, ha_state: Path, clips: dict[str, list[Path]]) -> None:
-    """The README's mosquitto ACL, verbatim: only Home Assistant's user may send admin requests."""
+    """The mosquitto ACL of docs/security.md, verbatim: only Home Assistant's user may send admin requests."""
     import subprocess
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
     acl = readme.split("```\n# /etc/mosquitto/acl\n", 1)[1].split("```", 1)[0]
     (tmp_path / "acl").write_text(acl)
     pw = tmp_path / "passwd"
