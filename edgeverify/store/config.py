@@ -146,7 +146,8 @@ def _mic_device(path: str, v: Any) -> Union[str, int]:
 
 
 def _mic_mode(path: str, v: Any) -> str:
-    ok = isinstance(v, str) and (v == "identify" or (v.startswith("verify:") and PROFILE_NAME_RE.match(v[7:]) is not None))
+    profile = v[7:] if isinstance(v, str) and v.startswith("verify:") else None
+    ok = v == "identify" or (profile is not None and PROFILE_NAME_RE.fullmatch(profile) is not None)
     if not ok:
         raise fail(path, "must be 'identify' or 'verify:<profile>'", v)
     return v
@@ -256,7 +257,8 @@ class MqttConfig:
 
     def _validate(self, path: str, data: dict[str, Any]) -> None:
         if self.reconnect_max_s < self.reconnect_min_s:
-            raise fail(path + "reconnect_max_s", f"must be a number {self.reconnect_min_s:g}-3600", self.reconnect_max_s)
+            raise fail(path + "reconnect_max_s", f"must be a number {self.reconnect_min_s:g}-3600",
+                       self.reconnect_max_s)
         if self.ca_file:
             self.tls = True
         self._check_client_cert(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 from ..errors import ConfigError
 
@@ -93,7 +93,8 @@ class Text(Check):
     kind = "string"
 
     def __call__(self, path: str, value: Any) -> str:
-        if not isinstance(value, str) or not value or (self.pattern is not None and not re.fullmatch(self.pattern, value)):
+        matches = self.pattern is None or (isinstance(value, str) and re.fullmatch(self.pattern, value) is not None)
+        if not isinstance(value, str) or not value or not matches:
             raise fail(path, f"must be {self.what}", value)
         return value
 
@@ -317,7 +318,3 @@ def plan_reload(old: Any, new: Any) -> ReloadPlan:
         if entry.setting.reload == RESTART:
             entry.set(effective, copy.deepcopy(before))
     return ReloadPlan(tuple(buckets[LIVE]), tuple(buckets[MODEL]), tuple(buckets[RESTART]), effective)
-
-
-def choices_of(check: Check) -> Sequence[Any]:
-    return check.values if isinstance(check, Choice) else ()
