@@ -336,6 +336,13 @@ def test_operating_point_rule_is_one_function() -> None:
     assert "needs calibrated scores" in operating_point_problem(None, 0.01, "cosine")
 
 
+def test_microphone_mode_profile() -> None:
+    from edgeverify.store.config import mode_profile
+
+    assert mode_profile("identify") is None and mode_profile("verify:bob") == "bob"
+    assert parse_config({"microphone": {"mode": "verify:a.b"}}).microphone.verify_profile == "a.b"
+
+
 def test_enroll_clip_limit_is_the_declared_one() -> None:
     assert MAX_CLIPS_LIMIT == 50
     assert parse_config({"admin": {"max_clips": MAX_CLIPS_LIMIT}}).admin.max_clips == MAX_CLIPS_LIMIT

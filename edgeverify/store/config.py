@@ -145,6 +145,11 @@ def _mic_device(path: str, v: Any) -> Union[str, int]:
     return v
 
 
+def mode_profile(mode: str) -> Optional[str]:
+    """The profile of a microphone mode "verify:<profile>", or None for "identify" (the one parser of the mode)."""
+    return mode.split(":", 1)[1] if mode.startswith("verify:") else None
+
+
 def _mic_mode(path: str, v: Any) -> str:
     profile = v[7:] if isinstance(v, str) and v.startswith("verify:") else None
     ok = v == "identify" or (profile is not None and PROFILE_NAME_RE.fullmatch(profile) is not None)
@@ -348,7 +353,7 @@ class MicrophoneConfig:
 
     @property
     def verify_profile(self) -> Optional[str]:
-        return self.mode.split(":", 1)[1] if self.mode.startswith("verify:") else None
+        return mode_profile(self.mode)
 
     def _validate(self, path: str, data: dict[str, Any]) -> None:
         if self.min_utterance_s > self.max_utterance_s:
