@@ -9,7 +9,7 @@ import pytest
 from edgeverify.store import config_doc
 from edgeverify.store.config import (DEFAULT_STATE_DIR, MAX_CLIPS_LIMIT, Config, config_path, load_config,
                                      operating_point_problem, parse_config, reload_plan)
-from edgeverify.store.settings import Bool, Choice, Int, Num, declared_fields, walk
+from edgeverify.store.settings import Bool, Choice, Int, Num, declared_fields, section_of, walk
 from edgeverify.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,8 +231,8 @@ def test_every_field_is_declared() -> None:
         declared = {f.name for f in declared_fields(cls)}
         out = {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls) if f.name not in declared}
         for f in declared_fields(cls):
-            if "edgeverify.section" in f.metadata:
-                out |= undeclared(f.metadata["edgeverify.section"].cls)
+            if section_of(f) is not None:
+                out |= undeclared(section_of(f).cls)
         return out
 
     assert undeclared(Config) == {"Config.source"}

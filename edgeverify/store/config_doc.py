@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import Config
-from .settings import LIVE, MODEL, RESTART, USE_DEFAULT, Entry, declared_fields, walk
+from .settings import LIVE, MODEL, RESTART, USE_DEFAULT, Entry, declared_fields, key_of, section_of, walk
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_PATH = REPO / "config.example.yaml"
@@ -56,14 +56,14 @@ def _comment_lines(text: str, indent: str, width: int = WIDTH) -> list[str]:
 def _example_lines(cls: type, indent: str, prefix: str) -> Iterator[str]:
     entries = {e.path: e for e in walk(cls, prefix)}
     for f in declared_fields(cls):
-        section = f.metadata.get("edgeverify.section")
+        section = section_of(f)
         if section is not None:
             yield ""
             yield from _comment_lines(section.doc, indent)
             yield f"{indent}{f.name}:"
             yield from _example_lines(section.cls, indent + "  ", f"{prefix}{f.name}.")
             continue
-        entry = entries[prefix + (f.metadata["edgeverify.setting"].key or f.name)]
+        entry = entries[prefix + key_of(f)]
         key = entry.path.rsplit(".", 1)[-1]
         line = f"{indent}{'# ' if entry.setting.commented else ''}{key}: {_yaml(_example_value(entry))}"
         column = max(COMMENT_COLUMN, len(line) + 2)
@@ -117,7 +117,7 @@ def render_reference() -> str:
 
     def collect(cls: type, prefix: str) -> None:
         for f in declared_fields(cls):
-            sec = f.metadata.get("edgeverify.section")
+            sec = section_of(f)
             if sec is not None:
                 section_docs[prefix + f.name] = sec.doc
                 collect(sec.cls, prefix + f.name + ".")

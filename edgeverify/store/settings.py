@@ -197,9 +197,15 @@ class Entry:
         setattr(obj, self.attrs[-1], value)
 
 
-def _key(f: dataclasses.Field) -> str:
+def key_of(f: dataclasses.Field) -> str:
+    """The YAML key of a declared field."""
     s = f.metadata.get(_META)
     return (s.key if s is not None and s.key else None) or f.name
+
+
+def section_of(f: dataclasses.Field) -> Optional[Section]:
+    """The Section a field declares, or None for a setting (or an undeclared field)."""
+    return f.metadata.get(_SECTION)
 
 
 def declared_fields(cls: type) -> Iterator[dataclasses.Field]:
@@ -210,7 +216,7 @@ def walk(cls: type, prefix: str = "", attrs: tuple[str, ...] = ()) -> Iterator[E
     """Every setting of cls and its sections, in declaration order."""
     instance = cls()
     for f in declared_fields(cls):
-        key = prefix + _key(f)
+        key = prefix + key_of(f)
         if _SECTION in f.metadata:
             yield from walk(f.metadata[_SECTION].cls, key + ".", attrs + (f.name,))
         else:
@@ -246,7 +252,7 @@ def parse_section(cls: type, data: Any, path: str = "") -> Any:
         data = {}
     if not isinstance(data, dict):
         raise fail(path.rstrip(".") or "config", "must be a mapping", data)
-    fields = {_key(f): f for f in declared_fields(cls)}
+    fields = {key_of(f): f for f in declared_fields(cls)}
     for key in data:
         if key not in fields:
             raise ConfigError(f"{path}{key}: unknown key (known: {', '.join(sorted(fields))})")
@@ -276,11 +282,11 @@ def as_dict(obj: Any, hide_secrets: bool = True) -> dict[str, Any]:
     for f in declared_fields(type(obj)):
         value = getattr(obj, f.name)
         if _SECTION in f.metadata:
-            out[_key(f)] = as_dict(value, hide_secrets)
+            out[key_of(f)] = as_dict(value, hide_secrets)
             continue
         if hide_secrets and f.metadata[_META].secret and value:
             value = "***"
-        out[_key(f)] = list(value) if isinstance(value, (list, tuple)) else value
+        out[key_of(f)] = list(value) if isinstance(value, (list, tuple)) else value
     return out
 
 
