@@ -9,7 +9,7 @@ import pytest
 from edgeverify.store import config_doc
 from edgeverify.store.config import (DEFAULT_STATE_DIR, MAX_CLIPS_LIMIT, Config, config_path, load_config,
                                      operating_point_problem, parse_config, reload_plan)
-from edgeverify.store.settings import Bool, Choice, Int, Num, declared_fields, section_of, walk
+from edgeverify.store.settings import Bool, Choice, Int, Num, declared_fields, find, section_of, walk
 from edgeverify.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,7 +344,7 @@ def test_microphone_mode_profile() -> None:
 
 
 def test_enroll_clip_limit_is_the_declared_one() -> None:
-    assert MAX_CLIPS_LIMIT == 50
+    assert MAX_CLIPS_LIMIT == 50 == find(Config, "admin.max_clips").setting.check.hi
     assert parse_config({"admin": {"max_clips": MAX_CLIPS_LIMIT}}).admin.max_clips == MAX_CLIPS_LIMIT
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import Config
-from .settings import LIVE, MODEL, RESTART, USE_DEFAULT, Entry, declared_fields, key_of, section_of, walk
+from .settings import LIVE, MODEL, RESTART, USE_DEFAULT, Entry, declared_fields, key_of, section_of, sections, walk
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_PATH = REPO / "config.example.yaml"
@@ -113,16 +113,7 @@ def render_reference() -> str:
     groups: dict[str, list[Entry]] = {}
     for entry in walk(Config):
         groups.setdefault(entry.path.rsplit(".", 1)[0] if "." in entry.path else "", []).append(entry)
-    section_docs = {"": Config.__doc__ or ""}
-
-    def collect(cls: type, prefix: str) -> None:
-        for f in declared_fields(cls):
-            sec = section_of(f)
-            if sec is not None:
-                section_docs[prefix + f.name] = sec.doc
-                collect(sec.cls, prefix + f.name + ".")
-
-    collect(Config, "")
+    section_docs = {"": Config.__doc__ or "", **{path: sec.doc for path, sec in sections(Config)}}
     for name, entries in groups.items():
         out += ["", f"## {'Top level' if not name else '`' + name + '`'}", ""]
         out += [" ".join(section_docs.get(name, "").split()), ""]

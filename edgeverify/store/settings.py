@@ -228,8 +228,8 @@ def sections(cls: type, prefix: str = "") -> Iterator[tuple[str, Section]]:
     for f in declared_fields(cls):
         if _SECTION in f.metadata:
             sec = f.metadata[_SECTION]
-            yield prefix + f.name, sec
-            yield from sections(sec.cls, prefix + f.name + ".")
+            yield prefix + key_of(f), sec
+            yield from sections(sec.cls, prefix + key_of(f) + ".")
 
 
 def find(cls: type, path: str) -> Entry:
