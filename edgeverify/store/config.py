@@ -311,7 +311,7 @@ _VAD_RANGE = Num(-120, 10_000)
 
 @dataclass
 class MicVadConfig:
-    """The microphone's utterance detector (vad.VadConfig; the settings not listed keep their defaults)."""
+    """The microphone's utterance detector (energy VAD); its other parameters keep their built-in defaults."""
 
     margin_db: float = setting(_VAD.margin_db, doc="speech starts this many dB above the noise floor",
                                check=_VAD_RANGE, reload=RESTART)

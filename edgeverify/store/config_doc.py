@@ -116,7 +116,7 @@ def render_reference() -> str:
     section_docs = {"": Config.__doc__ or "", **{path: sec.doc for path, sec in sections(Config)}}
     for name, entries in groups.items():
         out += ["", f"## {'Top level' if not name else '`' + name + '`'}", ""]
-        out += [" ".join(section_docs.get(name, "").split()), ""]
+        out += [_cell(section_docs.get(name, "")), ""]
         out += ["| Key | Type | Allowed | Default | On reload | Meaning |", "|---|---|---|---|---|---|"]
         for e in entries:
             check = e.setting.check
