@@ -75,6 +75,9 @@ def test_defaults() -> None:
         ({"microphone": {"vad": {"frame_ms": 10}}}, "microphone.vad.frame_ms: unknown key"),
         ({"log_level": "verbose"}, "log_level: must be debug, info, warning or error"),
         ([1, 2], "config: must be a mapping"),
+        ({"threshold": 10**400}, "threshold: must be a number -1-1, got 1000000000"),  # not an OverflowError
+        ({"threshold": float("nan")}, "threshold: must be a number -1-1, got nan"),
+        ({"mqtt": {"host": ["x"] * 10_000}}, "characters)"),  # a huge value is cut in the message
     ],
 )
 def test_bad_values_name_the_key(data: object, message: str) -> None:

@@ -26,8 +26,11 @@ _SECTION = "edgeverify.section"
 
 
 def fail(path: str, message: str, value: Any) -> ConfigError:
-    """The one error shape: "<key path>: <what it must be>, got <value>"."""
-    return ConfigError(f"{path}: {message}, got {value!r}")
+    """The one error shape: "<key path>: <what it must be>, got <value>" (a long value cut to one line)."""
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = f"{shown[:60]}... ({len(shown)} characters)"
+    return ConfigError(f"{path}: {message}, got {shown}")
 
 
 # -- checks: each turns a YAML value into the field's value or raises fail(...) ----------------------
@@ -66,7 +69,8 @@ class Num(Check):
     kind = "number"
 
     def __call__(self, path: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.lo <= float(value) <= self.hi:
+        # compared before float(): a 400-digit YAML integer would overflow it
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.lo <= value <= self.hi:
             raise fail(path, f"must be a number {self.lo:g}-{self.hi:g}", value)
         return float(value)
 
