@@ -22,8 +22,9 @@ from typing import Any, Optional, Union
 
 from ..errors import ConfigError
 from ..mqtt.topics import filter_problem, topic_problem
+from ..core.vad import DEFAULT_VAD_MODE, VAD_MODES
+from ..core.vad import VadConfig
 from ..core.scoring import DEFAULT_SCORE_MODE, FAR_MAX, FAR_MIN, SCORE_MODES
-from ..core.vad import DEFAULT_VAD_MODE, VAD_MODES, VadConfig
 from .settings import (LIVE, MODEL, RESTART, Bool, Choice, Custom, Int, Num, ReloadPlan, Text, as_dict, fail,
                        parse_section, plan_reload, section, setting)
 
