@@ -129,7 +129,10 @@ def test_reader_refuses_oversized_or_malformed_events(data: bytes) -> None:
 
 def test_wyoming_config_defaults_and_values() -> None:
     c = parse_config(None).wyoming
-    assert not c.enabled and c.uri == "tcp://0.0.0.0:10310" and c.tag_transcript is None
+    assert not c.enabled and c.uri == "tcp://127.0.0.1:10310" and c.tag_transcript is None
+    assert c.allow == ["127.0.0.0/8", "::1/128"] and c.identify_confidence is False
+    c = parse_config({"wyoming": {"allow": ["192.168.1.20", "10.0.0.0/24", "fd00::1/64", "::ffff:10.1.1.1"]}}).wyoming
+    assert c.allow == ["192.168.1.20/32", "10.0.0.0/24", "fd00::/64", "::ffff:a01:101/128"]
     c = parse_config({"wyoming": {"enabled": True, "uri": "unix:///run/ev.sock", "stt_uri": "tcp://stt:10300",
                                   "reject_unknown": True, "tag_transcript": "[{speaker} {score:.2f}] {text}",
                                   "max_clients": 2, "stt_timeout_s": 30}}).wyoming
@@ -143,7 +146,10 @@ def test_wyoming_config_defaults_and_values() -> None:
     [({"uri": "http://x:1"}, "wyoming.uri"), ({"stt_uri": "tcp://host"}, "wyoming.stt_uri"),
      ({"tag_transcript": "{speaker}"}, "wyoming.tag_transcript"), ({"tag_transcript": "{text.__class__}"}, "wyoming.tag_transcript"),
      ({"enabled": "yes"}, "wyoming.enabled"), ({"max_clients": 0}, "wyoming.max_clients"),
-     ({"stt_timout_s": 3}, "wyoming.stt_timout_s"), ({"reject_unknown": 1}, "wyoming.reject_unknown")],
+     ({"stt_timout_s": 3}, "wyoming.stt_timout_s"), ({"reject_unknown": 1}, "wyoming.reject_unknown"),
+     ({"allow": "10.0.0.0/8"}, "wyoming.allow"), ({"allow": ["10.0.0.300"]}, "wyoming.allow"),
+     ({"allow": ["lan"]}, "wyoming.allow"), ({"allow": [5]}, "wyoming.allow"),
+     ({"identify_confidence": "yes"}, "wyoming.identify_confidence")],
 )
 def test_wyoming_config_errors_name_the_key(section: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -162,12 +168,26 @@ def test_wyoming_package_is_imported_only_when_used() -> None:
         "import edgeverify.__main__ as m, edgeverify.daemon, edgeverify.store.config\n"
         "m.build_parser()\n"
         "from edgeverify.errors import ConfigError\n"
-        "from edgeverify.wyoming_stt.proxy import ProxyOptions, SpeakerIdProxy\n"
+        "from edgeverify.wyoming_stt.proxy import SpeakerIdProxy\n"
+        "from edgeverify.store.config import WyomingConfig\n"
         "try:\n"
-        "    SpeakerIdProxy(None, ProxyOptions())\n"
+        "    SpeakerIdProxy(None, WyomingConfig())\n"
         "except ConfigError as e:\n"
         "    print(e.message)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "edgeverify[wyoming]" in out.stdout
+
+
+def test_allow_list_admits_only_its_addresses() -> None:
+    pytest.importorskip("wyoming")
+    from edgeverify.wyoming_stt.admission import Admission
+
+    a = Admission(["127.0.0.0/8", "::1/128", "192.168.1.20/32"])
+    for peer, ok in [(("127.0.0.1", 5), True), (("127.9.9.9", 5), True), (("::1", 5, 0, 0), True),
+                     (("192.168.1.20", 5), True), (("192.168.1.21", 5), False), (("10.0.0.1", 5), False),
+                     (("::ffff:192.168.1.20", 5, 0, 0), True), (("::ffff:192.168.1.99", 5, 0, 0), False),
+                     (("fe80::1%eth0", 5, 0, 2), False), (("not-an-address", 5), False), ("", True)]:
+        assert a.admits(peer) is ok, peer
+    assert not Admission([]).admits(("127.0.0.1", 5))

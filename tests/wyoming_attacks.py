@@ -320,13 +320,15 @@ def pcm16(path: Path) -> bytes:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("attacks", nargs="*", default=["backlog", "slots", "busy", "long_stream", "pipelined"])
+    ap.add_argument("--n", type=int, default=100, help="backlog: utterances")
+    ap.add_argument("--seconds", type=float, default=60.0, help="backlog: seconds of audio each")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     handler = load_handler()
     alice = pcm16(SPEECH / "dev" / "vctk-p225" / "p225_022.wav")
     stranger = pcm16(sorted((SPEECH / "dev" / STRANGER_DIR).glob("*.wav"))[0])
     runs = {
-        "backlog": lambda: backlog(handler, alice, alice),
+        "backlog": lambda: backlog(handler, alice, alice, n=args.n, seconds=args.seconds),
         "slots": lambda: slots(handler, alice),
         "busy": lambda: busy(handler, alice),
         "long_stream": lambda: long_stream(handler),

@@ -114,12 +114,14 @@ class WyomingConfig:
     """The Wyoming speech-to-text proxy with speaker identification (Home Assistant Assist)."""
 
     enabled: bool = False
-    uri: str = "tcp://0.0.0.0:10310"  # where Home Assistant connects (tcp://host:port or unix:///path)
+    uri: str = "tcp://127.0.0.1:10310"  # where Home Assistant connects (tcp://host:port or unix:///path); loopback only by default
+    allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # client addresses/CIDRs admitted (checked on accept)
     stt_uri: str = "tcp://127.0.0.1:10300"  # the real speech-to-text service behind the proxy
     reject_unknown: bool = False  # unknown speaker: empty transcript (the decision event says rejected)
     tag_transcript: Optional[str] = None  # e.g. "{speaker}: {text}"; fields speaker, text, score
     max_clients: int = 4  # concurrent connections; more are answered with an error
     stt_timeout_s: float = 60.0  # longest wait for the speech-to-text service's answer
+    identify_confidence: bool = False  # PR #50 `identified` replies carry the score (off: no score oracle)
 
 
 @dataclass
@@ -404,7 +406,28 @@ def _wyoming(d: dict[str, Any]) -> WyomingConfig:
         c.max_clients = _int(p + "max_clients", d["max_clients"], 1, 64)
     if "stt_timeout_s" in d:
         c.stt_timeout_s = _num(p + "stt_timeout_s", d["stt_timeout_s"], 1, 600)
+    if "allow" in d:
+        c.allow = address_list(p + "allow", d["allow"])
+    if "identify_confidence" in d:
+        c.identify_confidence = _bool(p + "identify_confidence", d["identify_confidence"])
     return c
+
+
+def address_list(path: str, v: Any) -> list[str]:
+    """Addresses or CIDR networks (IPv4/IPv6), at most 256; returned normalised ("10.1.2.3/32")."""
+    import ipaddress
+
+    if not isinstance(v, list) or len(v) > 256:
+        raise _fail(path, "must be a list of at most 256 addresses or networks (CIDR)", v)
+    out = []
+    for item in v:
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise _fail(path, "must be a list of addresses or networks such as 192.168.1.20 or 10.0.0.0/24", item) from None
+    return out
 
 
 def parse_config(data: Any, source: Optional[str] = None) -> Config:

@@ -17,9 +17,9 @@ Everything read from either socket is untrusted: header lines, data and payload 
 before anything is buffered, types are checked, and a bad event becomes a Wyoming `error` event.
 """
 
-__all__ = ["MAX_LINE_BYTES", "SOURCE", "ProxyOptions", "ProxyThread", "SpeakerIdProxy", "error_event", "open_uri",
+__all__ = ["MAX_LINE_BYTES", "SOURCE", "ProxyThread", "SpeakerIdProxy", "error_event", "open_uri",
            "read_event", "serve"]  # the names the daemon, the CLI and the tests import
 
 from .runner import ProxyThread, serve
-from .server import SOURCE, ProxyOptions, SpeakerIdProxy
+from .server import SOURCE, SpeakerIdProxy
 from .wire import MAX_LINE_BYTES, error_event, open_uri, read_event

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
@@ -21,32 +20,12 @@ from ..core.audio import TARGET_RATE
 from ..errors import AudioError, ConfigError, EdgeVerifyError, ProfileError
 from ..mqtt.handler import RequestHandler
 from ..mqtt.protocol import Response, error_response
-from .wire import MAX_LINE_BYTES, Event, async_write_event, error_event
+from .admission import Admission, GatedProtocol
+from .wire import MAX_LINE_BYTES, Event
 
 log = logging.getLogger(__name__)
 
 SOURCE = "wyoming"
-
-
-@dataclass
-class ProxyOptions:
-    stt_uri: str = "tcp://127.0.0.1:10300"
-    reject_unknown: bool = False
-    tag_transcript: Optional[str] = None
-    max_clients: int = 4
-    stt_timeout_s: float = 60.0
-    device_id: str = "edgeverify"
-
-    @classmethod
-    def from_config(cls, wyoming: Any, device_id: str) -> "ProxyOptions":
-        return cls(
-            stt_uri=wyoming.stt_uri,
-            reject_unknown=wyoming.reject_unknown,
-            tag_transcript=wyoming.tag_transcript,
-            max_clients=wyoming.max_clients,
-            stt_timeout_s=wyoming.stt_timeout_s,
-            device_id=device_id,
-        )
 
 
 DecisionCallback = Callable[[dict, str], None]
@@ -55,11 +34,15 @@ DecisionCallback = Callable[[dict, str], None]
 class SpeakerIdProxy:
     """Serves Wyoming clients; one model shared with the rest of the process through `handler`."""
 
-    def __init__(self, handler: RequestHandler, options: ProxyOptions, on_decision: Optional[DecisionCallback] = None):
+    def __init__(self, handler: RequestHandler, config: Any, on_decision: Optional[DecisionCallback] = None,
+                 device_id: str = "edgeverify") -> None:
+        """config: the `wyoming:` config section (store.config.WyomingConfig), read as it is."""
         if Event is None:
             raise ConfigError("the Wyoming proxy needs the wyoming package: pip install 'edgeverify[wyoming]'")
         self.handler = handler
-        self.options = options
+        self.config = config
+        self.device_id = device_id
+        self.admission = Admission(config.allow)
         self.on_decision = on_decision
         self.sessions: set[Any] = set()
         self.decisions = 0
@@ -86,8 +69,14 @@ class SpeakerIdProxy:
         if u.scheme == "unix":
             self._server = await asyncio.start_unix_server(self._client, u.path, limit=MAX_LINE_BYTES)
         else:
-            self._server = await asyncio.start_server(self._client, u.hostname, u.port, limit=MAX_LINE_BYTES)
-        log.info("wyoming proxy on %s -> speech-to-text %s", uri, self.options.stt_uri)
+            loop = asyncio.get_running_loop()
+
+            def protocol() -> GatedProtocol:
+                return GatedProtocol(asyncio.StreamReader(limit=MAX_LINE_BYTES), self._client, self.admission)
+
+            self._server = await loop.create_server(protocol, u.hostname, u.port)
+        log.info("wyoming proxy on %s (clients admitted: %s) -> speech-to-text %s", uri,
+                 ", ".join(self.config.allow) if u.scheme != "unix" else "the socket file's permissions", self.config.stt_uri)
 
     @property
     def port(self) -> Optional[int]:
@@ -112,13 +101,9 @@ class SpeakerIdProxy:
         self._executor.shutdown(wait=False)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.sessions) >= self.options.max_clients:
+        if len(self.sessions) >= self.config.max_clients:
             log.warning("wyoming: %d clients connected; refusing another", len(self.sessions))
-            try:
-                await async_write_event(error_event("too many clients; retry later", "busy"), writer)
-            except (ConnectionError, OSError):
-                pass
-            writer.close()
+            await self.admission.refuse_busy(reader, writer, f"{len(self.sessions)} clients connected; retry later")
             return
         from .session import Session
 
@@ -148,10 +133,10 @@ class SpeakerIdProxy:
             resp = error_response(meta, "internal_error", f"internal error: {type(exc).__name__}")
             resp.result = {"speaker": None, "same_speaker": False}
         resp.elapsed_ms = 1000 * (time.perf_counter() - started)
-        body = resp.to_dict(self.options.device_id)
+        body = resp.to_dict(self.device_id)
         identified = bool(body.get("speaker"))
         body["event"] = "identified" if identified else "not-identified"
-        if self.options.reject_unknown:
+        if self.config.reject_unknown:
             body["rejected"] = not identified
         self.decisions += 1
         log.info(
@@ -174,7 +159,7 @@ class SpeakerIdProxy:
             return text
         if decision.get("rejected"):
             return ""
-        fmt = self.options.tag_transcript
+        fmt = self.config.tag_transcript
         if not fmt:
             return text
         score = decision.get("score")

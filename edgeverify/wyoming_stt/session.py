@@ -66,7 +66,7 @@ class Session:
 
     def __init__(self, proxy: "SpeakerIdProxy", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.proxy = proxy
-        self.opts = proxy.options
+        self.opts = proxy.config
         self.reader, self.writer = reader, writer
         self.down: Optional[_Downstream] = None
         self.utt: Optional[_Utterance] = None
@@ -191,7 +191,10 @@ class Session:
         if self.utt is utt:
             self.utt = None
         if body.get("speaker"):
-            await self.send(Event(type="identified", data={"name": body["speaker"], "confidence": body.get("score")}))
+            data = {"name": body["speaker"]}
+            if self.opts.identify_confidence:  # off by default: a score would guide whoever tunes a spoof
+                data["confidence"] = body.get("score")
+            await self.send(Event(type="identified", data=data))
         else:
             await self.send(Event(type="not-identified", data={}))
 

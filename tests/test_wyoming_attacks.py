@@ -1,0 +1,52 @@
+"""The Wyoming proxy under attack from the network: each attack of tests/wyoming_attacks.py run against
+the real proxy (real model) with the wyoming library's own client and the stand-in STT, with bounds on
+what it measured. Each of these failed before its fix (figures in the commit messages)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("wyoming")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import wyoming_attacks as attacks  # noqa: E402
+from test_wyoming import clips, handler  # noqa: E402,F401  (module fixtures: the real model, two profiles)
+
+pytestmark = pytest.mark.slow
+
+
+def run(coro: Any, timeout: float = 120.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+# -- admission ---------------------------------------------------------------------------------------------
+
+def test_a_client_outside_the_allow_list_is_closed_unread_and_logged_once(handler, clips, caplog) -> None:
+    """Loopback is not in this allow-list: each connection is cut before a byte is read (no event back, no
+    session, no STT connection), and the address is logged once, not once per attempt."""
+    async def main() -> None:
+        async with attacks.proxied(handler, allow=["192.0.2.0/24"]) as (proxy, stt, decisions):
+            outcomes = [(await attacks.legit_transcript(proxy.port, clips["alice"], timeout=10))[0] for _ in range(5)]
+            assert all(o.startswith(("reset", "closed")) for o in outcomes), outcomes
+            assert proxy.active_sessions == 0 and stt.connections == 0 and not decisions
+            assert proxy.admission.refused == 5
+        async with attacks.proxied(handler) as (proxy, stt, decisions):  # the default: loopback admitted
+            outcome, _ = await attacks.legit_transcript(proxy.port, clips["alice"])
+            assert outcome == "transcript" and decisions
+
+    with caplog.at_level(logging.WARNING, logger="edgeverify.wyoming_stt"):
+        run(main())
+    refusals = [r for r in caplog.records if "not in wyoming.allow" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]
+
+
+def test_a_full_server_answers_busy_not_a_reset(handler, clips) -> None:
+    """A client that connects to a full server and streams at once reads a Wyoming `busy` error."""
+    figures = run(attacks.busy(handler, clips["alice"]))
+    assert figures["busy_errors"] == len(figures["outcomes"]), figures
