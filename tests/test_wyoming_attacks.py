@@ -50,3 +50,17 @@ def test_a_full_server_answers_busy_not_a_reset(handler, clips) -> None:
     """A client that connects to a full server and streams at once reads a Wyoming `busy` error."""
     figures = run(attacks.busy(handler, clips["alice"]))
     assert figures["busy_errors"] == len(figures["outcomes"]), figures
+
+
+# -- queued work -------------------------------------------------------------------------------------------
+
+def test_an_embedding_backlog_is_refused_bounded_and_dropped_with_its_client(handler, clips) -> None:
+    """100 utterances of 20 s back to back on one connection (64 MB in ~2 s): the client is told `busy`
+    for what it queues beyond its share, memory stays at what one utterance costs, another client's
+    transcript is not held behind the backlog, and the queued jobs go when the attacker does (a running
+    one may finish)."""
+    f = run(attacks.backlog(handler, clips["alice"], clips["alice"], n=100, seconds=20.0), timeout=300)
+    assert f["attacker_got"].get("error:busy", 0) >= 1, f
+    assert f["rss_peak_above_one_utterance_mb"] < 50, f
+    assert f["legit"] == "transcript" and f["legit_latency_s"] < 5.0, f
+    assert f["decisions_3s_after_attacker_left"] <= 1, f

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
@@ -21,6 +20,7 @@ from ..errors import AudioError, ConfigError, EdgeVerifyError, ProfileError
 from ..mqtt.handler import RequestHandler
 from ..mqtt.protocol import Response, error_response
 from .admission import Admission, GatedProtocol
+from .work import EmbedQueue
 from .wire import MAX_LINE_BYTES, Event
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ class SpeakerIdProxy:
         self.sessions: set[Any] = set()
         self.decisions = 0
         self.last_timing: dict[str, float] = {}
-        # one embedding at a time: bounded CPU and memory however many satellites talk at once
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wyoming-embed")
+        # one embedding at a time, a bounded queue: bounded CPU and memory however many clients talk at once
+        self.work = EmbedQueue(config.max_queued, config.max_queued_per_client)
         self._server: Optional[asyncio.AbstractServer] = None
 
     # -- accounting (tests, status) ---------------------------------------------------------------
@@ -98,7 +98,7 @@ class SpeakerIdProxy:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             except asyncio.TimeoutError:
                 pass
-        self._executor.shutdown(wait=False)
+        self.work.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.sessions) >= self.config.max_clients:

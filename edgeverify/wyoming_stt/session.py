@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..core.audio_stream import StreamConverter
 from ..errors import AudioError, EdgeVerifyError, WyomingError
+from .work import QueueFull
 from .wire import Event, async_write_event, error_event, open_uri, read_event
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ class Session:
     def release(self) -> None:
         """Client gone: drop buffers and the STT connection; a running embedding's result is discarded."""
         self._cancel_timer()
+        self.proxy.work.drop(self)  # queued embeddings of a client that left are not run
         self.utt, self._held = None, []
         if self.down is not None:
             self.down.close()
@@ -162,11 +164,17 @@ class Session:
             return
         if event.type == "audio-chunk":
             utt.feed(event)
+        if event.type == "audio-stop":
+            try:
+                self._decide(utt)
+            except QueueFull as exc:  # never queued: nothing held for it; the client is told, the STT dropped
+                log.warning("wyoming: client %s: %s", self.peer, exc.message)
+                await self._stt_failed(exc.message, "busy")
+                return
         if not utt.identify_only:
             if not await self._forward(event, expect="transcript" if event.type == "audio-stop" else None):
                 return
         if event.type == "audio-stop":
-            self._decide(utt)
             if utt.identify_only:
                 await self._send_identity(utt)
 
@@ -174,7 +182,6 @@ class Session:
         """Start the embedding now, concurrently with the STT's work on the same audio."""
         utt.t_stop = time.perf_counter()
         samples = utt.converter.finish()
-        loop = asyncio.get_running_loop()
 
         def work() -> dict:
             started = time.perf_counter()
@@ -182,12 +189,17 @@ class Session:
             utt.embed_ms = 1000 * (time.perf_counter() - started)
             return body
 
-        utt.decision = loop.run_in_executor(self.proxy._executor, work)
+        utt.decision = self.proxy.work.submit(self, work)  # QueueFull when over a bound
 
     async def _send_identity(self, utt: _Utterance) -> None:
         """PR #50 reply to `identify`: identified {name, confidence} or not-identified."""
         assert utt.decision is not None
-        body = await utt.decision
+        try:
+            body = await utt.decision
+        except asyncio.CancelledError:
+            if _dropped(utt.decision):
+                return
+            raise
         if self.utt is utt:
             self.utt = None
         if body.get("speaker"):
@@ -224,6 +236,7 @@ class Session:
         """Tell the client once, drop the STT connection and the utterance (a new transcribe reconnects)."""
         self._cancel_timer()
         self.waiting, self.utt, self._held, self.failed = None, None, [], True
+        self.proxy.work.drop(self)  # their transcripts will not come: nothing to hold them back for
         if self.down is not None:
             self.down.close()
             self.down = None
@@ -298,7 +311,12 @@ class Session:
         utt = self.utt
         decision: Optional[dict] = None
         if utt is not None and utt.decision is not None:
-            decision = await utt.decision  # usually done already: the STT takes longer than the embedding
+            try:
+                decision = await utt.decision  # usually done already: the STT takes longer than the embedding
+            except asyncio.CancelledError:
+                if _dropped(utt.decision):
+                    return
+                raise
         if self.utt is utt:
             self.utt = None
         self._cancel_timer()
@@ -336,3 +354,9 @@ def _proxied_info(event: "Event") -> "Event":
             programs.append(p)
         data["asr"] = programs
     return Event(type=event.type, data=data, payload=event.payload)
+
+
+def _dropped(decision: asyncio.Future) -> bool:
+    """The awaited decision was dropped (the connection's work was cancelled), not this task."""
+    task = asyncio.current_task()
+    return decision.cancelled() and not (task is not None and task.cancelling())
