@@ -64,3 +64,21 @@ def test_an_embedding_backlog_is_refused_bounded_and_dropped_with_its_client(han
     assert f["rss_peak_above_one_utterance_mb"] < 50, f
     assert f["legit"] == "transcript" and f["legit_latency_s"] < 5.0, f
     assert f["decisions_3s_after_attacker_left"] <= 1, f
+
+
+# -- connection slots --------------------------------------------------------------------------------------
+
+def test_pinging_does_not_hold_a_slot(handler, clips) -> None:
+    """4 clients take every slot and ping twice a second; pings are not utterance work, so they are
+    disconnected after idle_timeout_s; a client trying once a second meanwhile reads `busy` (never a
+    reset) and is served once they are gone."""
+    f = run(attacks.slots(handler, clips["alice"], holders=4, duration=8.0, options={"idle_timeout_s": 2.0}))
+    assert f["legit_resets_or_closed"] == 0 and f["legit_answered"] >= 3, f
+    assert f["legit_first_served_s"] is not None and f["legit_first_served_s"] < 5.0, f
+    assert f["holder_longest_s"] < 4.0, f
+
+
+def test_a_session_ends_after_max_session_s_whatever_it_sends(handler) -> None:
+    """Audio every 0.2 s is progress (no idle timeout) but the session still ends, with an error saying so."""
+    f = run(attacks.dribble(handler, duration=10.0, options={"max_session_s": 3.0}))
+    assert f["told"] == "error:session-limit" and f["held_s"] < 5.0, f

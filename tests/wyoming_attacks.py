@@ -11,6 +11,7 @@ tests/wyoming_stt.py; the proxy runs in this process with the real model, so RSS
   slots        4 clients hold every slot by pinging; a legitimate client tries every second
   long_stream  one utterance of 600 s of audio: how much reaches the STT
   pipelined    the next `transcribe` sent before the transcript of a stranger's utterance arrives
+  dribble      a client keeps one utterance going with a little audio every 0.2 s
   busy         a client that connects to a full server and starts streaming at once
 """
 
@@ -239,6 +240,35 @@ async def slots(handler: Any, legit: bytes, holders: int = 4, duration: float = 
     return out
 
 
+async def dribble(handler: Any, duration: float = 15.0, options: Optional[dict] = None) -> dict[str, Any]:
+    """One client keeps its utterance alive with 10 ms of audio every 0.2 s (each event is progress, so an
+    idle timeout never fires): how long does it keep its slot, and what is it told?"""
+    from wyoming.audio import AudioChunk
+    from wyoming.client import AsyncTcpClient
+
+    out: dict[str, Any] = {"tried_s": duration}
+    async with proxied(handler, **(options or {})) as (proxy, stt, decisions):
+        started = time.perf_counter()
+        got: Optional[str] = None
+        try:
+            async with AsyncTcpClient("127.0.0.1", proxy.port) as client:
+                await send_utterance(client, b"", stop=False)
+                reply = asyncio.ensure_future(client.read_event())
+                while time.perf_counter() - started < duration and not reply.done():
+                    await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=bytes(320)).event())
+                    await asyncio.sleep(0.2)
+                if reply.done():
+                    event = reply.result()
+                    got = "closed" if event is None else f"{event.type}:{event.data.get('code')}"
+                else:
+                    reply.cancel()
+        except (ConnectionError, OSError) as exc:
+            got = f"reset ({type(exc).__name__})"
+        out["held_s"] = round(time.perf_counter() - started, 1)
+        out["told"] = got
+    return out
+
+
 async def busy(handler: Any, legit: bytes, options: Optional[dict] = None) -> dict[str, Any]:
     """A full server (max_clients held by one pinging client): what a client that streams at once sees."""
     from wyoming.client import AsyncTcpClient
@@ -337,8 +367,9 @@ def main() -> int:
     runs = {
         "backlog": lambda: backlog(handler, alice, alice, n=args.n, seconds=args.seconds),
         "backlog_under_cap": lambda: backlog(handler, alice, alice, n=args.n, seconds=20.0),
-        "slots": lambda: slots(handler, alice),
+        "slots": lambda: slots(handler, alice, options={"idle_timeout_s": 3.0}),
         "busy": lambda: busy(handler, alice),
+        "dribble": lambda: dribble(handler, options={"max_session_s": 5.0}),
         "long_stream": lambda: long_stream(handler),
         "pipelined": lambda: pipelined(handler, stranger, alice),
     }

@@ -121,6 +121,8 @@ class WyomingConfig:
     tag_transcript: Optional[str] = None  # e.g. "{speaker}: {text}"; fields speaker, text, score
     max_clients: int = 4  # concurrent connections; more are answered with an error
     stt_timeout_s: float = 60.0  # longest wait for the speech-to-text service's answer
+    idle_timeout_s: float = 30.0  # a client that sends no utterance work this long is disconnected (ping does not count)
+    max_session_s: float = 300.0  # a connection is closed after this long whatever it sends (frees its slot)
     max_queued: int = 4  # utterances being identified or waiting for it, all clients together; more: "busy" error
     max_queued_per_client: int = 2  # the same per connection (a client that queues more gets a "busy" error)
     identify_confidence: bool = False  # PR #50 `identified` replies carry the score (off: no score oracle)
@@ -408,6 +410,10 @@ def _wyoming(d: dict[str, Any]) -> WyomingConfig:
         c.max_clients = _int(p + "max_clients", d["max_clients"], 1, 64)
     if "stt_timeout_s" in d:
         c.stt_timeout_s = _num(p + "stt_timeout_s", d["stt_timeout_s"], 1, 600)
+    if "idle_timeout_s" in d:
+        c.idle_timeout_s = _num(p + "idle_timeout_s", d["idle_timeout_s"], 1, 3600)
+    if "max_session_s" in d:
+        c.max_session_s = _num(p + "max_session_s", d["max_session_s"], 5, 86400)
     if "max_queued" in d:
         c.max_queued = _int(p + "max_queued", d["max_queued"], 1, 64)
     if "max_queued_per_client" in d:

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT_S = 120.0  # a client silent this long is disconnected (frees its slot)
 MAX_HELD_EVENTS = 4096  # streamed transcript events held back until the decision (reject_unknown)
 AUDIO_EVENTS = ("audio-start", "audio-chunk", "audio-stop")
+PROGRESS_EVENTS = AUDIO_EVENTS + ("transcribe", "identify", "describe")  # what keeps a connection from idling
 
 
 class _Utterance:
@@ -89,19 +89,44 @@ class Session:
         await async_write_event(event, self.writer)
 
     async def run(self) -> None:
+        """Serve the client until it leaves, sends garbage, idles, or its session is over.
+
+        Idle means no utterance work (ping and refused events do not count) while the STT owes nothing;
+        a session ends after max_session_s whatever it does: a slot cannot be held forever."""
+        loop = asyncio.get_running_loop()
+        idle_s, end_at = self.opts.idle_timeout_s, loop.time() + self.opts.max_session_s
+        idle_at = loop.time() + idle_s
+        reading: Optional[asyncio.Future] = None  # never cancelled mid-event: the stream stays in sync
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(read_event(self.reader), IDLE_TIMEOUT_S)
-                except asyncio.TimeoutError:
-                    log.info("wyoming: client %s idle for %.0f s; disconnecting", self.peer, IDLE_TIMEOUT_S)
+                now = loop.time()
+                if now >= end_at:
+                    log.info("wyoming: client %s reached the %.0f s session limit; disconnecting", self.peer, self.opts.max_session_s)
+                    await self.send(error_event(f"session longer than {self.opts.max_session_s:.0f} s; reconnect", "session-limit"))
                     break
+                if now >= idle_at:
+                    if self.waiting is None:
+                        log.info("wyoming: client %s idle for %.0f s; disconnecting", self.peer, idle_s)
+                        await self.send(error_event(f"idle for {idle_s:.0f} s", "idle-timeout"))
+                        break
+                    idle_at = now + idle_s  # the STT owes an answer: its own timeout decides
+                if reading is None:
+                    reading = asyncio.ensure_future(read_event(self.reader))
+                done, _ = await asyncio.wait({reading}, timeout=min(idle_at, end_at) - now)
+                if not done:
+                    continue
+                try:
+                    event = reading.result()
                 except WyomingError as exc:
                     log.warning("wyoming: bad event from %s: %s", self.peer, exc.message)
                     await self.send(error_event(exc.message, "bad-event"))
                     break  # the byte stream cannot be resynchronised
+                finally:
+                    reading = None
                 if event is None:
                     break
+                if event.type in PROGRESS_EVENTS:
+                    idle_at = loop.time() + idle_s
                 await self.handle(event)
         except (ConnectionError, OSError) as exc:
             log.info("wyoming: client %s gone: %s", self.peer, exc)
@@ -110,6 +135,8 @@ class Session:
             with contextlib.suppress(ConnectionError, OSError):
                 await self.send(error_event("internal error", "internal-error"))
         finally:
+            if reading is not None:
+                reading.cancel()
             self.release()
 
     def release(self) -> None:
