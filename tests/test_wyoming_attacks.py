@@ -82,3 +82,31 @@ def test_a_session_ends_after_max_session_s_whatever_it_sends(handler) -> None:
     """Audio every 0.2 s is progress (no idle timeout) but the session still ends, with an error saying so."""
     f = run(attacks.dribble(handler, duration=10.0, options={"max_session_s": 3.0}))
     assert f["told"] == "error:session-limit" and f["held_s"] < 5.0, f
+
+
+# -- audio caps --------------------------------------------------------------------------------------------
+
+def test_a_600_s_stream_is_cut_at_max_audio_s(handler) -> None:
+    """600 s (19.2 MB) in one utterance: the STT gets max_audio_s of it, the client an `audio-too-long` error."""
+    f = run(attacks.long_stream(handler, seconds=600.0, options={"max_audio_s": 30.0}))
+    assert f["reply"] == "error:audio-too-long" and f["stt_received_s"] <= 31.0, f
+
+
+@pytest.mark.parametrize("rate,width,channels", [(48000, 4, 2), (123456789, 2, 1)], ids=["wide-format", "bogus-format"])
+def test_the_audio_cap_counts_bytes_whatever_the_declared_format(handler, rate: int, width: int, channels: int) -> None:
+    """A format that makes each byte worth little time (or a bogus one, counted as 16 kHz s16 mono) still
+    meets a byte cap: max_audio_s x 192 kB (48 kHz stereo s16)."""
+    from wyoming.audio import AudioChunk, AudioStart
+    from wyoming.client import AsyncTcpClient
+
+    async def main() -> None:
+        async with attacks.proxied(handler, record=True, max_audio_s=2.0) as (proxy, stt, _):
+            async with AsyncTcpClient("127.0.0.1", proxy.port) as client:
+                await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+                for _ in range(40):  # 40 x 64 kB = 2.6 MB
+                    await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=bytes(65536)).event())
+                event = await attacks.answer(client, 10)
+            assert event is not None and event.data.get("code") == "audio-too-long"
+            assert stt.received <= 2 * 192000 + 65536
+
+    run(main())

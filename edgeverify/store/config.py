@@ -121,6 +121,7 @@ class WyomingConfig:
     tag_transcript: Optional[str] = None  # e.g. "{speaker}: {text}"; fields speaker, text, score
     max_clients: int = 4  # concurrent connections; more are answered with an error
     stt_timeout_s: float = 60.0  # longest wait for the speech-to-text service's answer
+    max_audio_s: float = 30.0  # audio per utterance forwarded to the STT (and identified); more: "audio-too-long" error
     idle_timeout_s: float = 30.0  # a client that sends no utterance work this long is disconnected (ping does not count)
     max_session_s: float = 300.0  # a connection is closed after this long whatever it sends (frees its slot)
     max_queued: int = 4  # utterances being identified or waiting for it, all clients together; more: "busy" error
@@ -410,6 +411,8 @@ def _wyoming(d: dict[str, Any]) -> WyomingConfig:
         c.max_clients = _int(p + "max_clients", d["max_clients"], 1, 64)
     if "stt_timeout_s" in d:
         c.stt_timeout_s = _num(p + "stt_timeout_s", d["stt_timeout_s"], 1, 600)
+    if "max_audio_s" in d:
+        c.max_audio_s = _num(p + "max_audio_s", d["max_audio_s"], 1, 600)
     if "idle_timeout_s" in d:
         c.idle_timeout_s = _num(p + "idle_timeout_s", d["idle_timeout_s"], 1, 3600)
     if "max_session_s" in d:

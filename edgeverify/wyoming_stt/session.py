@@ -9,7 +9,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Optional
 
-from ..core.audio_stream import StreamConverter
+from ..core.audio import TARGET_RATE
+from ..core.audio_stream import StreamConverter, check_format
 from ..errors import AudioError, EdgeVerifyError, WyomingError
 from .work import QueueFull
 from .wire import Event, async_write_event, error_event, open_uri, read_event
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_HELD_EVENTS = 4096  # streamed transcript events held back until the decision (reject_unknown)
 AUDIO_EVENTS = ("audio-start", "audio-chunk", "audio-stop")
+MAX_BYTES_PER_S = 48000 * 2 * 2  # byte cap per second of wyoming.max_audio_s: 48 kHz stereo s16
 PROGRESS_EVENTS = AUDIO_EVENTS + ("transcribe", "identify", "describe")  # what keeps a connection from idling
 
 
@@ -35,6 +37,23 @@ class _Utterance:
         self.decision: Optional[asyncio.Future] = None  # set at audio-stop
         self.t_stop = 0.0
         self.embed_ms = 0.0
+        self.audio_bytes = 0  # forwarded so far (the caps: wyoming.max_audio_s)
+        self.audio_s = 0.0
+
+    def count(self, event: "Event") -> None:
+        """Add a chunk to what this utterance has sent: seconds by its declared format (by 16 kHz s16 mono
+        when that is unusable) and bytes, so that neither a slow format nor a bogus one passes the cap."""
+        n = len(event.payload or b"")
+        self.audio_bytes += n
+        d = event.data
+        try:
+            rate, width, channels = check_format(d.get("rate"), d.get("width"), d.get("channels"))
+        except AudioError:
+            rate, width, channels = TARGET_RATE, 2, 1
+        self.audio_s += n / (rate * width * channels)
+
+    def over(self, max_s: float) -> bool:
+        return self.audio_s > max_s or self.audio_bytes > max_s * MAX_BYTES_PER_S
 
     def feed(self, event: "Event") -> None:
         if self.error is not None:
@@ -178,7 +197,7 @@ class Session:
         context = event.data.get("context")
         rid = context.get("request_id") if isinstance(context, dict) else None
         rid = rid if isinstance(rid, str) and len(rid) <= 200 else None
-        self.utt = _Utterance(self.proxy.handler.max_audio_seconds, rid, identify_only)
+        self.utt = _Utterance(min(self.proxy.handler.max_audio_seconds, self.opts.max_audio_s), rid, identify_only)
         self._held = []
 
     async def _audio(self, event: "Event") -> None:
@@ -190,6 +209,12 @@ class Session:
         if utt is None:  # stray audio after the utterance ended (or after an STT failure): dropped
             return
         if event.type == "audio-chunk":
+            utt.count(event)
+            if utt.over(self.opts.max_audio_s):  # cut: neither the STT nor we get more of it
+                log.warning("wyoming: client %s sent over %.0f s of audio in one utterance; cut", self.peer, self.opts.max_audio_s)
+                await self._stt_failed(f"utterance longer than {self.opts.max_audio_s:g} s of audio (wyoming.max_audio_s); cut",
+                                       "audio-too-long")
+                return
             utt.feed(event)
         if event.type == "audio-stop":
             try:
