@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
@@ -140,6 +142,12 @@ def test_transcript_unchanged_and_speaker_identified(handler, clips) -> None:
                 assert body["event"] == "identified" and body["request_id"] == "req-1"
                 assert body["score"] >= body["threshold"] and set(body["scores"]) == {"alice", "bob"}
                 assert body["model"] == handler.verifier.model_name and abs(body["duration_s"] - len(clips[name]) / 32000) < 0.05
+                # Home Assistant matches the decision to its pipeline run by the returned text's digest
+                # (whitespace collapsed, case folded); the text itself is never in the decision
+                norm = " ".join(TEXT.split()).casefold().encode("utf-8")
+                assert body["utterance"]["transcript_sha256"] == hashlib.sha256(norm).hexdigest()
+                assert abs(body["utterance"]["at"] - time.time()) < 30
+                assert "Licht" not in json.dumps(body, ensure_ascii=False)
             assert len(decisions) == 2 and proxy.decisions == 2
             timing = proxy.last_timing
             assert {"audio_s", "embed_ms", "stt_ms", "added_ms"} <= set(timing)

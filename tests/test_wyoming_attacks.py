@@ -16,6 +16,7 @@ pytest.importorskip("wyoming")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import wyoming_attacks as attacks  # noqa: E402
+from wyoming_stt import TEXT  # noqa: E402
 from test_wyoming import clips, handler  # noqa: E402,F401  (module fixtures: the real model, two profiles)
 
 pytestmark = pytest.mark.slow
@@ -110,3 +111,20 @@ def test_the_audio_cap_counts_bytes_whatever_the_declared_format(handler, rate: 
             assert stt.received <= 2 * 192000 + 65536
 
     run(main())
+
+
+# -- pipelining ----------------------------------------------------------------------------------------------
+
+def test_a_pipelined_transcribe_cannot_take_the_previous_utterances_decision(handler, clips) -> None:
+    """reject_unknown + tagging; a stranger's utterance, then at once alice's, while the STT takes 0.5 s per
+    transcript: the stranger's transcript is still rejected and alice's still tagged, and each decision
+    handed to Home Assistant carries the digest of its own returned text."""
+    import hashlib
+
+    f = run(attacks.pipelined(handler, clips["stranger"], clips["alice"]))
+    assert f["first_text"] == "" and f["second_text"] == f"alice: {TEXT}", f
+    (s1, r1, u1), (s2, r2, u2) = f["decisions"]
+    assert (s1, r1, s2, r2) == (None, True, "alice", False)
+    digest = lambda t: hashlib.sha256(" ".join(t.split()).casefold().encode()).hexdigest()  # noqa: E731
+    assert u1["transcript_sha256"] == digest("") and u2["transcript_sha256"] == digest(f["second_text"])
+    assert u1["at"] <= u2["at"]

@@ -8,6 +8,7 @@ one worker thread, so CPU and memory stay bounded however many satellites talk a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Any, Callable, Optional
@@ -29,6 +30,12 @@ SOURCE = "wyoming"
 
 
 DecisionCallback = Callable[[dict, str], None]
+
+
+def transcript_digest(text: str) -> str:
+    """sha256 (hex) of the transcript with whitespace runs collapsed and case folded, so that Home
+    Assistant's copy of the same text (trimmed, re-spaced) gives the same digest."""
+    return hashlib.sha256(" ".join(text.split()).casefold().encode("utf-8")).hexdigest()
 
 
 class SpeakerIdProxy:
@@ -146,12 +153,20 @@ class SpeakerIdProxy:
             samples.size / TARGET_RATE,
             resp.elapsed_ms,
         )
+        return body
+
+    def publish(self, body: dict, transcript: Optional[str]) -> None:
+        """Hand a decision to the sink (MQTT / Home Assistant, or stdout), once the client has its answer.
+
+        `utterance` lets Home Assistant match the decision to the pipeline run whose transcript it saw:
+        the digest of the text returned to the client and when; the text itself never leaves."""
+        body["utterance"] = None if transcript is None else {
+            "transcript_sha256": transcript_digest(transcript), "at": round(time.time(), 3)}
         if self.on_decision is not None:
             try:
                 self.on_decision(body, SOURCE)
             except Exception:
                 log.exception("wyoming: publishing the decision failed")
-        return body
 
     def transcript_text(self, text: str, decision: Optional[dict]) -> str:
         """The text the client gets: unchanged, emptied (rejected) or tagged."""

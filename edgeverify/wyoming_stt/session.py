@@ -4,6 +4,7 @@ embedding), the STT's answers come back, the transcript held until the speaker i
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_AWAITING = 8  # utterances of one connection whose transcript is still to come
 MAX_HELD_EVENTS = 4096  # streamed transcript events held back until the decision (reject_unknown)
 AUDIO_EVENTS = ("audio-start", "audio-chunk", "audio-stop")
 MAX_BYTES_PER_S = 48000 * 2 * 2  # byte cap per second of wyoming.max_audio_s: 48 kHz stereo s16
@@ -37,6 +39,7 @@ class _Utterance:
         self.decision: Optional[asyncio.Future] = None  # set at audio-stop
         self.t_stop = 0.0
         self.embed_ms = 0.0
+        self.held: list["Event"] = []  # streamed transcript events held back until the decision (reject_unknown)
         self.audio_bytes = 0  # forwarded so far (the caps: wyoming.max_audio_s)
         self.audio_s = 0.0
 
@@ -89,17 +92,20 @@ class Session:
         self.opts = proxy.config
         self.reader, self.writer = reader, writer
         self.down: Optional[_Downstream] = None
-        self.utt: Optional[_Utterance] = None
+        self.utt: Optional[_Utterance] = None  # the utterance whose audio is streaming in
+        # utterances whose audio-stop went to the STT, oldest first: each transcript answers the oldest, so a
+        # `transcribe` pipelined before the previous transcript arrived cannot take its decision
+        self.awaiting: collections.deque[_Utterance] = collections.deque()
         self.waiting: Optional[str] = None  # "transcript" / "info" while the STT owes us an answer
         self._timer: Optional[asyncio.TimerHandle] = None
-        self._held: list[Event] = []
         self.failed = False  # the STT failed during this utterance: drop its remaining audio
         self.peer = writer.get_extra_info("peername")
 
     @property
     def buffer_bytes(self) -> int:
+        utts = list(self.awaiting) + ([self.utt] if self.utt is not None else [])
         return (self.utt.converter.nbytes if self.utt is not None else 0) + sum(
-            len(e.payload or b"") + 64 for e in self._held
+            len(e.payload or b"") + 64 for u in utts for e in u.held
         )
 
     async def send(self, event: "Event") -> None:
@@ -162,7 +168,8 @@ class Session:
         """Client gone: drop buffers and the STT connection; a running embedding's result is discarded."""
         self._cancel_timer()
         self.proxy.work.drop(self)  # queued embeddings of a client that left are not run
-        self.utt, self._held = None, []
+        self.utt = None
+        self.awaiting.clear()
         if self.down is not None:
             self.down.close()
             self.down = None
@@ -198,7 +205,6 @@ class Session:
         rid = context.get("request_id") if isinstance(context, dict) else None
         rid = rid if isinstance(rid, str) and len(rid) <= 200 else None
         self.utt = _Utterance(min(self.proxy.handler.max_audio_seconds, self.opts.max_audio_s), rid, identify_only)
-        self._held = []
 
     async def _audio(self, event: "Event") -> None:
         if self.failed:  # the rest of an utterance whose STT failed (the client was told once)
@@ -217,6 +223,9 @@ class Session:
                 return
             utt.feed(event)
         if event.type == "audio-stop":
+            if not utt.identify_only and len(self.awaiting) >= MAX_AWAITING:
+                await self._stt_failed(f"{len(self.awaiting)} utterances are waiting for their transcript", "busy")
+                return
             try:
                 self._decide(utt)
             except QueueFull as exc:  # never queued: nothing held for it; the client is told, the STT dropped
@@ -227,8 +236,12 @@ class Session:
             if not await self._forward(event, expect="transcript" if event.type == "audio-stop" else None):
                 return
         if event.type == "audio-stop":
+            if self.utt is utt:
+                self.utt = None  # later audio without a new start is stray
             if utt.identify_only:
                 await self._send_identity(utt)
+            else:
+                self.awaiting.append(utt)
 
     def _decide(self, utt: _Utterance) -> None:
         """Start the embedding now, concurrently with the STT's work on the same audio."""
@@ -254,6 +267,7 @@ class Session:
             raise
         if self.utt is utt:
             self.utt = None
+        self.proxy.publish(body, None)
         if body.get("speaker"):
             data = {"name": body["speaker"]}
             if self.opts.identify_confidence:  # off by default: a score would guide whoever tunes a spoof
@@ -278,16 +292,20 @@ class Session:
         except (ConnectionError, OSError):
             await self._stt_failed("speech-to-text service closed the connection", "stt-closed")
             return False
-        if expect is not None:
-            self.waiting = expect
-            self._cancel_timer()
-            self._timer = asyncio.get_running_loop().call_later(self.opts.stt_timeout_s, self._on_timeout)
+        if expect is not None and not (expect == "transcript" and self.awaiting):  # else: the oldest's timer runs
+            self._arm_timer(expect)
         return True
+
+    def _arm_timer(self, expect: str) -> None:
+        self.waiting = expect
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(self.opts.stt_timeout_s, self._on_timeout)
 
     async def _stt_failed(self, text: str, code: str) -> None:
         """Tell the client once, drop the STT connection and the utterance (a new transcribe reconnects)."""
         self._cancel_timer()
-        self.waiting, self.utt, self._held, self.failed = None, None, [], True
+        self.waiting, self.utt, self.failed = None, None, True
+        self.awaiting.clear()
         self.proxy.work.drop(self)  # their transcripts will not come: nothing to hold them back for
         if self.down is not None:
             self.down.close()
@@ -327,7 +345,7 @@ class Session:
             log.exception("wyoming: relaying from %s failed", self.opts.stt_uri)
             reason, code = "internal error relaying the speech-to-text answer", "internal-error"
         if self.down is down:  # still ours: the STT went away on its own
-            if self.waiting is not None or (self.utt is not None and not self.utt.identify_only):
+            if self.waiting is not None or self.awaiting or (self.utt is not None and not self.utt.identify_only):
                 await self._stt_failed(reason, code)
             else:
                 self.down = None
@@ -339,7 +357,9 @@ class Session:
             await self._transcript(event)
         elif t == "error":
             self._cancel_timer()
-            self.waiting, self.utt, self._held = None, None, []
+            self.waiting, self.utt = None, None
+            self.awaiting.clear()
+            self.proxy.work.drop(self)
             await self.send(event)
         elif t == "info":
             if self.waiting == "info":
@@ -348,9 +368,12 @@ class Session:
             await self.send(_proxied_info(event))
         elif t in ("transcript-start", "transcript-chunk", "transcript-stop") and self.opts.reject_unknown:
             # a streamed transcript may only reach the client once we know the speaker may talk
-            if len(self._held) >= MAX_HELD_EVENTS:
+            utt = self.awaiting[0] if self.awaiting else self.utt
+            if utt is None:  # nobody's utterance: nobody cleared to hear it
+                return
+            if len(utt.held) >= MAX_HELD_EVENTS:
                 raise WyomingError(f"more than {MAX_HELD_EVENTS} streamed transcript events")
-            self._held.append(event)
+            utt.held.append(event)
         else:
             await self.send(event)
 
@@ -359,37 +382,42 @@ class Session:
         if not isinstance(text, str):
             raise WyomingError("transcript without text")
         received = time.perf_counter()
+        utt = self.awaiting.popleft() if self.awaiting else None
         self._cancel_timer()  # the STT answered; waiting for our own decision is not its timeout
-        utt = self.utt
-        decision: Optional[dict] = None
-        if utt is not None and utt.decision is not None:
-            try:
-                decision = await utt.decision  # usually done already: the STT takes longer than the embedding
-            except asyncio.CancelledError:
-                if _dropped(utt.decision):
-                    return
-                raise
-        if self.utt is utt:
-            self.utt = None
-        self._cancel_timer()
-        self.waiting = None
-        rejected = bool(decision and decision.get("rejected"))
-        for held in self._held:
-            if not (rejected and held.type == "transcript-chunk"):
-                await self.send(held)
-        self._held = []
+        if self.awaiting:
+            self._arm_timer("transcript")  # the next one's turn
+        else:
+            self.waiting = None
+        if utt is None:  # a transcript for no utterance of ours: we cannot say who spoke it
+            if self.opts.reject_unknown or self.opts.tag_transcript:
+                log.warning("wyoming: dropped a transcript from %s that answers no utterance", self.opts.stt_uri)
+                return
+            await self.send(event)
+            return
+        assert utt.decision is not None
+        try:
+            decision = await utt.decision  # usually done already: the STT takes longer than the embedding
+        except asyncio.CancelledError:
+            if _dropped(utt.decision):
+                return
+            raise
+        rejected = bool(decision.get("rejected"))
         data = dict(event.data)
         data["text"] = self.proxy.transcript_text(text, decision)
+        self.proxy.publish(decision, data["text"])  # with the returned text's digest, never the text
+        for held in utt.held:
+            if not (rejected and held.type == "transcript-chunk"):
+                await self.send(held)
+        utt.held = []
         await self.send(Event(type="transcript", data=data, payload=event.payload))
-        if utt is not None and utt.decision is not None:
-            sent = time.perf_counter()
-            self.proxy.last_timing = {
-                "audio_s": round(float(decision.get("duration_s") or 0.0), 2) if decision else 0.0,
-                "embed_ms": round(utt.embed_ms, 1),
-                "stt_ms": round(1000 * (received - utt.t_stop), 1),
-                "added_ms": round(1000 * (sent - received), 1),
-            }
-            log.info("wyoming: timing %s", self.proxy.last_timing)
+        sent = time.perf_counter()
+        self.proxy.last_timing = {
+            "audio_s": round(float(decision.get("duration_s") or 0.0), 2),
+            "embed_ms": round(utt.embed_ms, 1),
+            "stt_ms": round(1000 * (received - utt.t_stop), 1),
+            "added_ms": round(1000 * (sent - received), 1),
+        }
+        log.info("wyoming: timing %s", self.proxy.last_timing)
 
 
 def _proxied_info(event: "Event") -> "Event":
