@@ -131,6 +131,7 @@ def test_wyoming_config_defaults_and_values() -> None:
     c = parse_config(None).wyoming
     assert not c.enabled and c.uri == "tcp://127.0.0.1:10310" and c.tag_transcript is None
     assert c.allow == ["127.0.0.0/8", "::1/128"] and c.identify_confidence is False
+    assert (c.max_audio_s, c.idle_timeout_s, c.max_session_s, c.max_queued, c.max_queued_per_client) == (30, 30, 300, 4, 2)
     c = parse_config({"wyoming": {"allow": ["192.168.1.20", "10.0.0.0/24", "fd00::1/64", "::ffff:10.1.1.1"]}}).wyoming
     assert c.allow == ["192.168.1.20/32", "10.0.0.0/24", "fd00::/64", "::ffff:a01:101/128"]
     c = parse_config({"wyoming": {"enabled": True, "uri": "unix:///run/ev.sock", "stt_uri": "tcp://stt:10300",
@@ -149,7 +150,9 @@ def test_wyoming_config_defaults_and_values() -> None:
      ({"stt_timout_s": 3}, "wyoming.stt_timout_s"), ({"reject_unknown": 1}, "wyoming.reject_unknown"),
      ({"allow": "10.0.0.0/8"}, "wyoming.allow"), ({"allow": ["10.0.0.300"]}, "wyoming.allow"),
      ({"allow": ["lan"]}, "wyoming.allow"), ({"allow": [5]}, "wyoming.allow"),
-     ({"identify_confidence": "yes"}, "wyoming.identify_confidence")],
+     ({"identify_confidence": "yes"}, "wyoming.identify_confidence"), ({"max_audio_s": 0}, "wyoming.max_audio_s"),
+     ({"idle_timeout_s": 0.5}, "wyoming.idle_timeout_s"), ({"max_session_s": 1}, "wyoming.max_session_s"),
+     ({"max_queued": 0}, "wyoming.max_queued"), ({"max_queued_per_client": 100}, "wyoming.max_queued_per_client")],
 )
 def test_wyoming_config_errors_name_the_key(section: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
