@@ -365,6 +365,8 @@ class Session:
             if self.waiting == "info":
                 self._cancel_timer()
                 self.waiting = None
+                if self.awaiting:  # a describe between utterances: the oldest transcript's wait goes on
+                    self._arm_timer("transcript")
             await self.send(_proxied_info(event))
         elif t in ("transcript-start", "transcript-chunk", "transcript-stop") and self.opts.reject_unknown:
             # a streamed transcript may only reach the client once we know the speaker may talk
