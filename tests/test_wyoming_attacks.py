@@ -128,3 +128,11 @@ def test_a_pipelined_transcribe_cannot_take_the_previous_utterances_decision(han
     digest = lambda t: hashlib.sha256(" ".join(t.split()).casefold().encode()).hexdigest()  # noqa: E731
     assert u1["transcript_sha256"] == digest("") and u2["transcript_sha256"] == digest(f["second_text"])
     assert u1["at"] <= u2["at"]
+
+
+def test_several_flooding_connections_cannot_lock_another_client_out(handler, clips) -> None:
+    """Three connections fill the identification queue together; a fourth client's utterance takes the
+    place of one of theirs instead of being refused, and its transcript comes back."""
+    f = run(attacks.backlog(handler, clips["alice"], clips["alice"], n=99, seconds=20.0, connections=3), timeout=300)
+    assert f["legit"] == "transcript" and f["legit_latency_s"] < 5.0, f
+    assert f["rss_peak_above_one_utterance_mb"] < 50, f

@@ -194,3 +194,50 @@ def test_allow_list_admits_only_its_addresses() -> None:
                      (("fe80::1%eth0", 5, 0, 2), False), (("not-an-address", 5), False), ("", True)]:
         assert a.admits(peer) is ok, peer
     assert not Admission([]).admits(("127.0.0.1", 5))
+
+
+def test_embed_queue_bounds_turns_eviction_and_drop() -> None:
+    """The Wyoming embedding queue: per-connection and total bounds, connections in turn, a connection with
+    fewer jobs takes the newest place of the one with the most, a dropped connection's jobs never run."""
+    import threading
+
+    from edgeverify.wyoming_stt.work import EmbedQueue, QueueFull
+
+    async def main() -> None:
+        q = EmbedQueue(max_total=4, max_per_owner=2)
+        gate, ran = threading.Event(), []
+
+        def job(tag: str):
+            def f() -> str:
+                gate.wait(5)
+                ran.append(tag)
+                return tag
+            return f
+
+        x = q.submit("X", job("x"))  # runs first, holds the worker until the gate opens
+        while q._running is None:
+            await asyncio.sleep(0.01)
+        a1, a2 = q.submit("A", job("a1")), q.submit("A", job("a2"))
+        with pytest.raises(QueueFull):
+            q.submit("A", job("a3"))  # A's share is 2
+        b1 = q.submit("B", job("b1"))  # total 4: X running, a1, a2, b1
+        c1 = q.submit("C", job("c1"))  # full: A holds the most (2 > C's 1 with this job): a2 makes room
+        assert a2.done() and isinstance(a2.exception(), QueueFull) and q.evicted == 1
+        with pytest.raises(QueueFull):
+            q.submit("D", job("d1"))  # nobody holds more than D would: refused
+        assert q.drop("B") == 1 and b1.cancelled()
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(x, a1, c1), 10) == ["x", "a1", "c1"]
+        assert ran == ["x", "a1", "c1"] and q.pending() == 0
+        # turns: A queues two, then B one: B's runs between A's
+        gate.clear()
+        y = q.submit("Y", job("y"))
+        while q._running is None:
+            await asyncio.sleep(0.01)
+        futs = [q.submit("A", job("a4")), q.submit("A", job("a5")), q.submit("B", job("b2"))]
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(y, *futs), 10)
+        assert ran[-4:] == ["y", "a4", "b2", "a5"]
+        q.close()
+
+    asyncio.run(main())

@@ -139,14 +139,16 @@ class RssSampler:
 # -- the attacks -----------------------------------------------------------------------------------------
 
 async def backlog(handler: Any, speech: bytes, legit: bytes, n: int = 100, seconds: float = 60.0,
-                  options: Optional[dict] = None) -> dict[str, Any]:
-    """One connection queues n utterances of `seconds` each without waiting; a legitimate client then
-    asks for one transcript; the attacker disconnects; do decisions go on being made for it?"""
+                  options: Optional[dict] = None, connections: int = 1) -> dict[str, Any]:
+    """`connections` connections queue n utterances of `seconds` each (in all) without waiting; a
+    legitimate client then asks for one transcript; the attacker disconnects; do decisions go on being
+    made for it?"""
     from wyoming.client import AsyncTcpClient
 
     reps = int(np.ceil(seconds * 32000 / len(speech)))
     utter = (speech * reps)[: int(seconds * 32000)]
-    out: dict[str, Any] = {"utterances": n, "seconds_each": seconds, "sent_mb": round(n * len(utter) / 1e6, 1)}
+    out: dict[str, Any] = {"utterances": n, "seconds_each": seconds, "connections": connections,
+                           "sent_mb": round(n * len(utter) / 1e6, 1)}
     async with proxied(handler, **(options or {})) as (proxy, stt, decisions):
         # one utterance of the attacker's size alone: the model's own (transient) working memory for it,
         # which any single client may cause; what the backlog adds is its peak above this one
@@ -156,31 +158,38 @@ async def backlog(handler: Any, speech: bytes, legit: bytes, n: int = 100, secon
         out["rss_peak_one_utterance_mb"] = round(single.peak, 1)
         base = proxy.decisions
         with RssSampler() as rss:
-            attacker = AsyncTcpClient("127.0.0.1", proxy.port)
-            await attacker.connect()
+            attackers = [AsyncTcpClient("127.0.0.1", proxy.port) for _ in range(connections)]
+            for attacker in attackers:
+                await attacker.connect()
             started = time.perf_counter()
-            try:
-                for _ in range(n):
-                    await send_utterance(attacker, utter)
-            except (ConnectionError, OSError) as exc:
-                out["attacker_cut_off"] = type(exc).__name__
+
+            async def flood(attacker: Any, count: int) -> None:
+                try:
+                    for _ in range(count):
+                        await send_utterance(attacker, utter)
+                except (ConnectionError, OSError) as exc:
+                    out["attacker_cut_off"] = type(exc).__name__
+
+            await asyncio.gather(*(flood(a, n // connections) for a in attackers))
             out["send_s"] = round(time.perf_counter() - started, 2)
             outcome, took = await legit_transcript(proxy.port, legit, timeout=300)
             out["legit"], out["legit_latency_s"] = outcome, round(took, 2)
-            # what the attacker got back so far
+            # what the attackers got back so far
             got: dict[str, int] = {}
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionError, OSError):
-                while True:
-                    event = await asyncio.wait_for(attacker.read_event(), 0.5)
-                    if event is None:
-                        got["closed"] = 1
-                        break
-                    key = event.type if event.type != "error" else f"error:{event.data.get('code')}"
-                    got[key] = got.get(key, 0) + 1
+            for attacker in attackers:
+                with contextlib.suppress(asyncio.TimeoutError, ConnectionError, OSError):
+                    while True:
+                        event = await asyncio.wait_for(attacker.read_event(), 0.5)
+                        if event is None:
+                            got["closed"] = got.get("closed", 0) + 1
+                            break
+                        key = event.type if event.type != "error" else f"error:{event.data.get('code')}"
+                        got[key] = got.get(key, 0) + 1
             out["attacker_got"] = got
             decided = proxy.decisions
-            with contextlib.suppress(Exception):
-                await attacker.disconnect()
+            for attacker in attackers:
+                with contextlib.suppress(Exception):
+                    await attacker.disconnect()
             await asyncio.sleep(3.0)
             out["decisions_3s_after_attacker_left"] = proxy.decisions - decided
         out["decisions_for_attacker"] = proxy.decisions - base - 1
@@ -367,6 +376,7 @@ def main() -> int:
     runs = {
         "backlog": lambda: backlog(handler, alice, alice, n=args.n, seconds=args.seconds),
         "backlog_under_cap": lambda: backlog(handler, alice, alice, n=args.n, seconds=20.0),
+        "backlog_3_connections": lambda: backlog(handler, alice, alice, n=99, seconds=20.0, connections=3),
         "slots": lambda: slots(handler, alice, options={"idle_timeout_s": 3.0}),
         "busy": lambda: busy(handler, alice),
         "dribble": lambda: dribble(handler, options={"max_session_s": 5.0}),

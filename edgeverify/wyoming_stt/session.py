@@ -261,6 +261,9 @@ class Session:
         assert utt.decision is not None
         try:
             body = await utt.decision
+        except QueueFull as exc:  # made room for another connection's utterance
+            await self.send(error_event(exc.message, "busy"))
+            return
         except asyncio.CancelledError:
             if _dropped(utt.decision):
                 return
@@ -399,6 +402,9 @@ class Session:
         assert utt.decision is not None
         try:
             decision = await utt.decision  # usually done already: the STT takes longer than the embedding
+        except QueueFull as exc:  # made room for another connection's utterance: no transcript without it
+            await self.send(error_event(exc.message, "busy"))
+            return
         except asyncio.CancelledError:
             if _dropped(utt.decision):
                 return

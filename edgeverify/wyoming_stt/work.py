@@ -3,7 +3,9 @@
 Every queued job holds an utterance's samples, so the queue is what a client could make us hold: it is
 bounded per connection and in total (a client over either is refused at once and told so), the
 connections take turns (one that queues a lot cannot delay another's transcript by more than one job
-per connection), and a connection that goes away takes its queued jobs with it.
+per connection), and a connection that goes away takes its queued jobs with it. When the total is
+reached, a connection with fewer jobs takes the place of the newest job of the one with the most: a
+client that opens several connections to fill the queue cannot lock another client out.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class EmbedQueue:
         self._running: Optional[_Job] = None
         self._closed = False
         self.refused = 0
+        self.evicted = 0  # queued jobs that made room for a connection with fewer
         self.dropped = 0  # queued jobs of connections that left
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
@@ -55,16 +58,41 @@ class EmbedQueue:
             if mine >= self.max_per_owner:
                 self.refused += 1
                 raise QueueFull(f"{mine} utterance(s) of this connection are still being identified (at most {self.max_per_owner})")
+            evicted = None
             if self.pending_locked() >= self.max_total:
-                self.refused += 1
-                raise QueueFull(f"{self.max_total} utterances are being identified; retry later")
+                evicted = self._evict_for(owner, mine)
+                if evicted is None:
+                    self.refused += 1
+                    raise QueueFull(f"{self.max_total} utterances are being identified; retry later")
             job = _Job(owner, fn, loop.create_future(), loop)
+            job.future.add_done_callback(_retrieved)
             if owner not in self._queued:
                 self._queued[owner] = collections.deque()
                 self._turns.append(owner)
             self._queued[owner].append(job)
             self._cond.notify()
+        if evicted is not None:
+            evicted.fn = None  # type: ignore[assignment]
+            evicted.future.set_exception(QueueFull("the identification queue is full and another connection "
+                                                   "had fewer utterances in it; retry later"))
         return job.future
+
+    def _evict_for(self, owner: Hashable, mine: int) -> Optional[_Job]:
+        """(locked) The newest queued job of the connection holding the most, if it holds more than
+        `owner` would with its new job; None if there is none."""
+        def held(o: Hashable) -> int:
+            return len(self._queued[o]) + (self._running is not None and self._running.owner == o)
+
+        victim = max((o for o in self._queued if o != owner), key=held, default=None)
+        if victim is None or held(victim) <= mine + 1:
+            return None
+        queue = self._queued[victim]
+        job = queue.pop()
+        if not queue:
+            del self._queued[victim]
+            self._turns.remove(victim)
+        self.evicted += 1
+        return job
 
     def drop(self, owner: Hashable) -> int:
         """The owner left: its queued jobs are removed (their samples freed) and their futures cancelled;
@@ -142,3 +170,9 @@ def _deliver(future: asyncio.Future, result: Any, error: Optional[BaseException]
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """Mark an exception as seen: the session that would await it may have gone (no warning at exit)."""
+    if not future.cancelled():
+        future.exception()
