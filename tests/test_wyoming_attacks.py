@@ -136,3 +136,18 @@ def test_several_flooding_connections_cannot_lock_another_client_out(handler, cl
     f = run(attacks.backlog(handler, clips["alice"], clips["alice"], n=99, seconds=20.0, connections=3), timeout=300)
     assert f["legit"] == "transcript" and f["legit_latency_s"] < 5.0, f
     assert f["rss_peak_above_one_utterance_mb"] < 50, f
+
+
+def test_waiting_for_a_slow_stt_is_not_idling(handler, clips) -> None:
+    """idle_timeout_s 1 s, an STT that takes 2.5 s: the client waiting quietly for its transcript gets it."""
+    from wyoming.client import AsyncTcpClient
+
+    async def main() -> None:
+        async with attacks.proxied(handler, idle_timeout_s=1.0) as (proxy, stt, decisions):
+            async with AsyncTcpClient("127.0.0.1", proxy.port) as client:
+                await attacks.send_utterance(client, clips["alice"], name="delay:2.5")
+                event = await attacks.answer(client, 10)
+            assert event is not None and event.type == "transcript", event
+            assert decisions and decisions[-1][0]["speaker"] == "alice"
+
+    run(main())
