@@ -55,13 +55,16 @@ def test_a_full_server_answers_busy_not_a_reset(handler, clips) -> None:
 
 # -- queued work -------------------------------------------------------------------------------------------
 
-def test_an_embedding_backlog_is_refused_bounded_and_dropped_with_its_client(handler, clips) -> None:
-    """100 utterances of 20 s back to back on one connection (64 MB in ~2 s): the client is told `busy`
-    for what it queues beyond its share, memory stays at what one utterance costs, another client's
-    transcript is not held behind the backlog, and the queued jobs go when the attacker does (a running
-    one may finish)."""
-    f = run(attacks.backlog(handler, clips["alice"], clips["alice"], n=100, seconds=20.0), timeout=300)
-    assert f["attacker_got"].get("error:busy", 0) >= 1, f
+@pytest.mark.parametrize("seconds,code", [(20.0, "error:busy"), (60.0, "error:audio-too-long")],
+                         ids=["20s-under-the-audio-cap", "60s-over-it"])
+def test_an_embedding_backlog_is_refused_bounded_and_dropped_with_its_client(handler, clips, seconds: float,
+                                                                             code: str) -> None:
+    """100 utterances back to back on one connection (20 s each: 64 MB in ~2 s; 60 s: 192 MB): the client is
+    told `busy` for what it queues beyond its share (or `audio-too-long` past max_audio_s), memory stays at
+    what one utterance costs, another client's transcript is not held behind the backlog, and the queued
+    jobs go when the attacker does (a running one may finish)."""
+    f = run(attacks.backlog(handler, clips["alice"], clips["alice"], n=100, seconds=seconds), timeout=300)
+    assert f["attacker_got"].get(code, 0) >= 1, f
     assert f["rss_peak_above_one_utterance_mb"] < 50, f
     assert f["legit"] == "transcript" and f["legit_latency_s"] < 5.0, f
     assert f["decisions_3s_after_attacker_left"] <= 1, f
