@@ -179,11 +179,11 @@ class Daemon:
 
     def _start_wyoming(self) -> None:
         """The Wyoming proxy on its own asyncio thread, sharing the handler (one model in memory)."""
-        from .wyoming_stt.proxy import ProxyOptions, ProxyThread, SpeakerIdProxy  # the wyoming package only when enabled
+        from .wyoming_stt.proxy import ProxyThread, SpeakerIdProxy  # the wyoming package only when enabled
 
         w = self.config.wyoming
         # decisions feed Home Assistant's event entity and the retained state, like MQTT and microphone ones
-        proxy = SpeakerIdProxy(self.handler, ProxyOptions.from_config(w, self.config.device_id), self.service.publish_decision)
+        proxy = SpeakerIdProxy(self.handler, w, self.service.publish_decision, device_id=self.config.device_id)
         self._wyoming = ProxyThread(proxy, w.uri)
         self._wyoming.start()  # WyomingError (port in use) stops the start-up with a readable message
 

@@ -1,4 +1,5 @@
-"""The systemd unit: systemd-analyze accepts it (no unknown or invalid settings) and it says what we rely on."""
+"""The systemd units (the daemon, and the standalone Wyoming proxy): systemd-analyze accepts them (no unknown
+or invalid settings), they are hardened, and they say what we rely on."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edgeverify.service"
+WYOMING_UNIT = UNIT.with_name("edgeverify-wyoming.service")
+UNITS = [UNIT, WYOMING_UNIT]
 EXEC = "/opt/edgeverify/venv/bin/edgeverify"
 
 
@@ -40,18 +43,18 @@ def _one(unit: dict, section: str, key: str) -> str:
     return values[-1]
 
 
-@pytest.fixture
-def verifiable_unit(tmp_path: Path) -> Path:
-    """Copy of the unit whose ExecStart points at an executable that exists here (same arguments)."""
+@pytest.fixture(params=UNITS, ids=lambda p: p.name)
+def verifiable_unit(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Copy of a unit whose ExecStart points at an executable that exists here (same arguments)."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed (apt-get install systemd)")
     exe = tmp_path / "bin" / "edgeverify"
     exe.parent.mkdir()
     exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
-    text = UNIT.read_text()
+    text = request.param.read_text()
     assert EXEC in text
-    copy = tmp_path / "edgeverify.service"
+    copy = tmp_path / request.param.name
     copy.write_text(text.replace(EXEC, str(exe)))
     return copy
 
@@ -68,6 +71,7 @@ def test_systemd_analyze_verify_is_clean(verifiable_unit: Path) -> None:
 def test_broken_unit_is_caught(tmp_path: Path, verifiable_unit: Path) -> None:
     """The check above can fail: a misspelt setting shows up as a line about the unit."""
     bad = tmp_path / "edgeverify-bad.service"
+    assert "ProtectHome=true" in verifiable_unit.read_text()
     bad.write_text(verifiable_unit.read_text().replace("ProtectHome=true", "ProtectHomes=true"))
     res = subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True, text=True, timeout=60)
     assert any("ProtectHomes" in l for l in (res.stdout + res.stderr).splitlines())
@@ -136,3 +140,42 @@ def test_unit_and_install(unit: dict) -> None:
     assert "network-online.target" in after and "sound.target" in after
     assert "network-online.target" in " ".join(unit["Unit"].get("Wants", []))
     assert _one(unit, "Install", "WantedBy") == "multi-user.target"
+
+
+# -- who may reach the service (both units) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_network_reach_is_loopback_and_lan_only_and_one_listening_port(path: Path) -> None:
+    """IP traffic of every socket: denied, then loopback, link-local and the private ranges allowed (never
+    the Internet, even with a wide wyoming.allow); the default allow-list lies inside it; the one port the
+    service may bind is wyoming.uri's default."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    from edgeverify.store.config import parse_config
+
+    u = parse_unit(path.read_text())
+    s = "Service"
+    assert _one(u, s, "IPAddressDeny") == "any"
+    allowed = " ".join(u[s]["IPAddressAllow"]).split()
+    assert "any" not in allowed and "localhost" in allowed
+    nets = [ipaddress.ip_network(a) for a in allowed if a not in ("localhost", "link-local", "multicast")]
+    for net in nets:
+        assert net.is_private and not net.is_global, net  # no Internet range
+    defaults = parse_config(None).wyoming
+    for net in map(ipaddress.ip_network, defaults.allow):  # the default allow-list: loopback, inside "localhost"
+        assert net.is_loopback, net
+    assert _one(u, s, "SocketBindDeny") == "any"
+    assert _one(u, s, "SocketBindAllow") == f"tcp:{urlparse(defaults.uri).port}"
+    assert urlparse(defaults.uri).hostname == "127.0.0.1"
+
+
+def test_standalone_wyoming_unit() -> None:
+    u = parse_unit(WYOMING_UNIT.read_text())
+    s = "Service"
+    assert _one(u, s, "ExecStart") == f"{EXEC} wyoming --config /etc/edgeverify/config.yaml"
+    assert _one(u, s, "User") == "edgeverify" and _one(u, s, "StateDirectory") == "edgeverify"
+    assert _one(u, s, "PrivateDevices") == "true"  # no microphone here
+    assert "SupplementaryGroups" not in u[s] and "MemoryMax" in u[s]
+    assert set(_one(u, s, "RestrictAddressFamilies").split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert _one(u, "Install", "WantedBy") == "multi-user.target"

@@ -4,6 +4,7 @@ and a speaker identified on the Wyoming stream shows up on MQTT."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -74,8 +75,12 @@ def test_daemon_publishes_wyoming_decisions(tmp_path: Path, int8_verifier: Any, 
                     body.get("source"), body.get("first_file")
                 )
 
-            body = json.loads(hub.wait(decision, 30).payload)
+            body = json.loads(hub.wait(lambda m: m.topic == f"{daemon.base}/event" and decision(m), 30).payload)
             assert body["same_speaker"] is True and body["request_id"] == "req-1"
+            # the event carries the digest of the transcript the client got, never the text
+            norm = " ".join(TEXT.split()).casefold().encode("utf-8")
+            assert body["utterance"]["transcript_sha256"] == hashlib.sha256(norm).hexdigest()
+            assert "Licht" not in json.dumps(body, ensure_ascii=False)
         finally:
             rc = daemon.stop()
             hub.close()

@@ -129,7 +129,11 @@ def test_reader_refuses_oversized_or_malformed_events(data: bytes) -> None:
 
 def test_wyoming_config_defaults_and_values() -> None:
     c = parse_config(None).wyoming
-    assert not c.enabled and c.uri == "tcp://0.0.0.0:10310" and c.tag_transcript is None
+    assert not c.enabled and c.uri == "tcp://127.0.0.1:10310" and c.tag_transcript is None
+    assert c.allow == ["127.0.0.0/8", "::1/128"] and c.identify_confidence is False
+    assert (c.max_audio_s, c.idle_timeout_s, c.max_session_s, c.max_queued, c.max_queued_per_client) == (30, 30, 300, 4, 2)
+    c = parse_config({"wyoming": {"allow": ["192.168.1.20", "10.0.0.0/24", "fd00::1/64", "::ffff:10.1.1.1"]}}).wyoming
+    assert c.allow == ["192.168.1.20/32", "10.0.0.0/24", "fd00::/64", "::ffff:a01:101/128"]
     c = parse_config({"wyoming": {"enabled": True, "uri": "unix:///run/ev.sock", "stt_uri": "tcp://stt:10300",
                                   "reject_unknown": True, "tag_transcript": "[{speaker} {score:.2f}] {text}",
                                   "max_clients": 2, "stt_timeout_s": 30}}).wyoming
@@ -143,7 +147,12 @@ def test_wyoming_config_defaults_and_values() -> None:
     [({"uri": "http://x:1"}, "wyoming.uri"), ({"stt_uri": "tcp://host"}, "wyoming.stt_uri"),
      ({"tag_transcript": "{speaker}"}, "wyoming.tag_transcript"), ({"tag_transcript": "{text.__class__}"}, "wyoming.tag_transcript"),
      ({"enabled": "yes"}, "wyoming.enabled"), ({"max_clients": 0}, "wyoming.max_clients"),
-     ({"stt_timout_s": 3}, "wyoming.stt_timout_s"), ({"reject_unknown": 1}, "wyoming.reject_unknown")],
+     ({"stt_timout_s": 3}, "wyoming.stt_timout_s"), ({"reject_unknown": 1}, "wyoming.reject_unknown"),
+     ({"allow": "10.0.0.0/8"}, "wyoming.allow"), ({"allow": ["10.0.0.300"]}, "wyoming.allow"),
+     ({"allow": ["lan"]}, "wyoming.allow"), ({"allow": [5]}, "wyoming.allow"),
+     ({"identify_confidence": "yes"}, "wyoming.identify_confidence"), ({"max_audio_s": 0}, "wyoming.max_audio_s"),
+     ({"idle_timeout_s": 0.5}, "wyoming.idle_timeout_s"), ({"max_session_s": 1}, "wyoming.max_session_s"),
+     ({"max_queued": 0}, "wyoming.max_queued"), ({"max_queued_per_client": 100}, "wyoming.max_queued_per_client")],
 )
 def test_wyoming_config_errors_name_the_key(section: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -162,12 +171,73 @@ def test_wyoming_package_is_imported_only_when_used() -> None:
         "import edgeverify.__main__ as m, edgeverify.daemon, edgeverify.store.config\n"
         "m.build_parser()\n"
         "from edgeverify.errors import ConfigError\n"
-        "from edgeverify.wyoming_stt.proxy import ProxyOptions, SpeakerIdProxy\n"
+        "from edgeverify.wyoming_stt.proxy import SpeakerIdProxy\n"
+        "from edgeverify.store.config import WyomingConfig\n"
         "try:\n"
-        "    SpeakerIdProxy(None, ProxyOptions())\n"
+        "    SpeakerIdProxy(None, WyomingConfig())\n"
         "except ConfigError as e:\n"
         "    print(e.message)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "edgeverify[wyoming]" in out.stdout
+
+
+def test_allow_list_admits_only_its_addresses() -> None:
+    pytest.importorskip("wyoming")
+    from edgeverify.wyoming_stt.admission import Admission
+
+    a = Admission(["127.0.0.0/8", "::1/128", "192.168.1.20/32"])
+    for peer, ok in [(("127.0.0.1", 5), True), (("127.9.9.9", 5), True), (("::1", 5, 0, 0), True),
+                     (("192.168.1.20", 5), True), (("192.168.1.21", 5), False), (("10.0.0.1", 5), False),
+                     (("::ffff:192.168.1.20", 5, 0, 0), True), (("::ffff:192.168.1.99", 5, 0, 0), False),
+                     (("fe80::1%eth0", 5, 0, 2), False), (("not-an-address", 5), False), ("", True)]:
+        assert a.admits(peer) is ok, peer
+    assert not Admission([]).admits(("127.0.0.1", 5))
+
+
+def test_embed_queue_bounds_turns_eviction_and_drop() -> None:
+    """The Wyoming embedding queue: per-connection and total bounds, connections in turn, a connection with
+    fewer jobs takes the newest place of the one with the most, a dropped connection's jobs never run."""
+    import threading
+
+    from edgeverify.wyoming_stt.work import EmbedQueue, QueueFull
+
+    async def main() -> None:
+        q = EmbedQueue(max_total=4, max_per_owner=2)
+        gate, ran = threading.Event(), []
+
+        def job(tag: str):
+            def f() -> str:
+                gate.wait(5)
+                ran.append(tag)
+                return tag
+            return f
+
+        x = q.submit("X", job("x"))  # runs first, holds the worker until the gate opens
+        while q._running is None:
+            await asyncio.sleep(0.01)
+        a1, a2 = q.submit("A", job("a1")), q.submit("A", job("a2"))
+        with pytest.raises(QueueFull):
+            q.submit("A", job("a3"))  # A's share is 2
+        b1 = q.submit("B", job("b1"))  # total 4: X running, a1, a2, b1
+        c1 = q.submit("C", job("c1"))  # full: A holds the most (2 > C's 1 with this job): a2 makes room
+        assert a2.done() and isinstance(a2.exception(), QueueFull) and q.evicted == 1
+        with pytest.raises(QueueFull):
+            q.submit("D", job("d1"))  # nobody holds more than D would: refused
+        assert q.drop("B") == 1 and b1.cancelled()
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(x, a1, c1), 10) == ["x", "a1", "c1"]
+        assert ran == ["x", "a1", "c1"] and q.pending() == 0
+        # turns: A queues two, then B one: B's runs between A's
+        gate.clear()
+        y = q.submit("Y", job("y"))
+        while q._running is None:
+            await asyncio.sleep(0.01)
+        futs = [q.submit("A", job("a4")), q.submit("A", job("a5")), q.submit("B", job("b2"))]
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(y, *futs), 10)
+        assert ran[-4:] == ["y", "a4", "b2", "a5"]
+        q.close()
+
+    asyncio.run(main())

@@ -117,12 +117,13 @@ def main() -> int:
         handler.decide_samples(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768, "warm-up")
     before, _ = rss_mb()
 
-    from edgeverify.wyoming_stt.proxy import ProxyOptions, ProxyThread, SpeakerIdProxy
+    from edgeverify.store.config import WyomingConfig
+    from edgeverify.wyoming_stt.proxy import ProxyThread, SpeakerIdProxy
 
     imported, _ = rss_mb()
     stt_port = free_port()
     bodies: list = []
-    proxy = SpeakerIdProxy(handler, ProxyOptions(stt_uri=f"tcp://127.0.0.1:{stt_port}"), lambda b, s: bodies.append(b))
+    proxy = SpeakerIdProxy(handler, WyomingConfig(stt_uri=f"tcp://127.0.0.1:{stt_port}"), lambda b, s: bodies.append(b))
     thread = ProxyThread(proxy, "tcp://127.0.0.1:0")
     thread.start()
     out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()

@@ -47,6 +47,7 @@ class StandInStt:
         self.delay_s = delay_s
         self.server: Optional[AsyncTcpServer] = None
         self.audio = bytearray()
+        self.received = 0  # audio bytes received (also when not recording them)
         self.transcribes = 0
         self.connections = 0
         self.closed = 0
@@ -88,6 +89,7 @@ class _Handler(AsyncEventHandler):
             self.delay_s = float(name[6:]) if name.startswith("delay:") else stt.delay_s  # per request (bench)
         elif AudioChunk.is_type(event.type):
             self.chunks += 1
+            stt.received += len(event.payload or b"")
             if stt.record:
                 stt.audio += AudioChunk.from_event(event).audio
             if stt.mode == "close" and self.chunks >= 2:

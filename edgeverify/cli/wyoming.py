@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "wyoming",
         help="Wyoming speech-to-text proxy that identifies the speaker (Home Assistant Assist); prints decisions",
     )
-    p.add_argument("--uri", default=None, help="where Home Assistant connects (default: the config's wyoming.uri, tcp://0.0.0.0:10310)")
+    p.add_argument("--uri", default=None, help="where Home Assistant connects (default: the config's wyoming.uri, tcp://127.0.0.1:10310; clients admitted: wyoming.allow)")
     p.add_argument("--stt-uri", default=None, help="the real speech-to-text service (default: wyoming.stt_uri, tcp://127.0.0.1:10300)")
     p.add_argument("--reject-unknown", action="store_true", default=None, help="unknown speaker: return an empty transcript")
     p.add_argument("--tag", default=None, metavar="FORMAT", help='tag the transcript, e.g. "{speaker}: {text}" ("off" disables)')
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..store.config import tag_format, wyoming_uri
     from ..mqtt.handler import RequestHandler
-    from ..wyoming_stt.proxy import ProxyOptions, SpeakerIdProxy, serve
+    from ..wyoming_stt.proxy import SpeakerIdProxy, serve
 
     config, store = _setup(args)
     w = config.wyoming
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     def print_decision(body: dict, source: str) -> None:
         print(json.dumps(body, ensure_ascii=False), flush=True)
 
-    proxy = SpeakerIdProxy(handler, ProxyOptions.from_config(w, config.device_id), print_decision)
+    proxy = SpeakerIdProxy(handler, w, print_decision, device_id=config.device_id)
     if not getattr(args, "debug", False):
         logging.getLogger().setLevel(logging.INFO)  # a foreground service: say what it does
     print(

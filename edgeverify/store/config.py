@@ -177,6 +177,24 @@ def wyoming_uri(path: str, v: Any) -> str:
     return uri
 
 
+def address_list(path: str, v: Any) -> list[str]:
+    """Addresses or CIDR networks (IPv4/IPv6), at most 256; returned normalised ("10.1.2.3/32")."""
+    import ipaddress
+
+    if not isinstance(v, list) or len(v) > 256:
+        raise fail(path, "must be a list of at most 256 addresses or networks (CIDR)", v)
+    out = []
+    for item in v:
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise fail(path, "must be a list of addresses or networks such as 192.168.1.20 or 10.0.0.0/24",
+                       item) from None
+    return out
+
+
 def tag_format(path: str, v: Any) -> Optional[str]:
     """A str.format template using {text} and optionally {speaker} / {score}; None or "off" disables tagging."""
     import string
@@ -385,8 +403,12 @@ class WyomingConfig:
     """
 
     enabled: bool = setting(False, doc="run the proxy inside the daemon", check=Bool(), reload=RESTART)
-    uri: str = setting("tcp://0.0.0.0:10310", doc="where Home Assistant connects (no authentication: firewall it)",
+    uri: str = setting("tcp://127.0.0.1:10310", doc="where Home Assistant connects; loopback only by default",
                        check=Custom(wyoming_uri, "uri", "tcp://host:port or unix:///path"), reload=RESTART)
+    allow: list[str] = setting(
+        doc="client addresses or CIDR networks admitted (checked on accept); others are closed unread",
+        check=Custom(address_list, "list", "at most 256 IPv4/IPv6 addresses or networks"),
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"], reload=RESTART)
     stt_uri: str = setting("tcp://127.0.0.1:10300", doc="the real speech-to-text service (e.g. wyoming-faster-whisper)",
                            check=Custom(wyoming_uri, "uri", "tcp://host:port or unix:///path"), reload=RESTART)
     reject_unknown: bool = setting(False, doc="unknown speaker: empty transcript; the decision event says rejected",
@@ -398,6 +420,18 @@ class WyomingConfig:
                                reload=RESTART)
     stt_timeout_s: float = setting(60.0, doc="longest wait for the speech-to-text service's transcript",
                                    check=Num(1, 600), reload=RESTART)
+    max_audio_s: float = setting(30.0, doc='audio per utterance forwarded to the STT (and identified); more: an '
+                                           '"audio-too-long" error', check=Num(1, 600), reload=RESTART)
+    idle_timeout_s: float = setting(30.0, doc="a client that sends no utterance work this long is disconnected "
+                                              "(ping does not count)", check=Num(1, 3600), reload=RESTART)
+    max_session_s: float = setting(300.0, doc="a connection is closed after this long whatever it sends",
+                                   check=Num(5, 86400), reload=RESTART)
+    max_queued: int = setting(4, doc='utterances being identified or waiting, all clients together; more: "busy" '
+                                     'error', check=Int(1, 64), reload=RESTART)
+    max_queued_per_client: int = setting(2, doc='the same per connection (more: "busy" error)', check=Int(1, 64),
+                                         reload=RESTART)
+    identify_confidence: bool = setting(False, doc="identified replies carry the score (off: no score oracle)",
+                                        check=Bool(), reload=RESTART)
 
 
 @dataclass
