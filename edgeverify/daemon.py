@@ -16,27 +16,14 @@ from typing import Any, Optional
 from .systemd import notify
 from .store.config import Config, load_config
 from .errors import ConfigError, EdgeVerifyError
-from .mqtt.handler import RequestHandler
+from .app.decisions import DecisionService
+from .app.model import load_verifier, verifier_settings
 from .store.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
 
 CONNECT_WAIT_S = 5.0  # READY=1 is sent after this even if the broker is still unreachable (paho retries)
 MIC_RETRY_S = 30.0
-
-
-def _load_verifier(config: Config) -> Any:
-    from .core.verifier import Verifier
-
-    started = time.perf_counter()
-    verifier = Verifier.load(config.model, threads=config.threads, threshold=config.threshold, vad_mode=config.vad_mode,
-                             score_mode=config.score, target_far=config.target_far)
-    verifier.warm_up()
-    log.info(
-        "model %s ready in %.0f ms (%d thread(s), %s scores, decisions at %s)", config.model,
-        1000 * (time.perf_counter() - started), verifier.embedder.threads, verifier.score_mode, verifier.operating_point
-    )
-    return verifier
 
 
 class Daemon:
@@ -73,13 +60,11 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
         notify.status(f"loading model {cfg.model}")
-        self.verifier = _load_verifier(cfg)
+        self.verifier = load_verifier(cfg, warm_up=True)
         self.store = ProfileStore(cfg.state_dir)
         log.info("%d profile(s) in %s", self.store.reload(), self.store.dir)
-        self.handler = RequestHandler(
-            self.verifier, self.store, cfg.limits.max_audio_seconds, None, cfg.microphone.mode
-        )
-        self.handler.mic_rate = cfg.microphone.sample_rate
+        self.handler = DecisionService(self.verifier, self.store, cfg.limits.max_audio_seconds,
+                                       cfg.microphone.verify_profile, cfg.microphone.sample_rate)
         self.service = MqttService(cfg, self.handler, model_name=self.verifier.model_name)
         if cfg.wyoming.enabled:
             self._start_wyoming()  # before MQTT: a port in use stops the start-up before anything is published
@@ -175,7 +160,7 @@ class Daemon:
             notify.status(f"microphone unavailable: {exc.message}")
             return
         self._mic = listener
-        self.handler.microphone = listener
+        self.handler.attach_microphone(listener)
 
     def _start_wyoming(self) -> None:
         """The Wyoming proxy on its own asyncio thread, sharing the handler (one model in memory)."""
@@ -197,24 +182,20 @@ class Daemon:
             notify.ready(f"reload failed: {exc.message}")
             return
         old = self.config
-        if (new.model, new.threads, new.threshold, new.score, new.target_far) != (
-            old.model, old.threads, old.threshold, old.score, old.target_far
-        ):
+        if verifier_settings(new) != verifier_settings(old):
             try:
-                self.verifier = _load_verifier(new)
+                self.verifier = load_verifier(new, warm_up=True)
             except EdgeVerifyError as exc:
                 log.error("reload: keeping the running model: %s", exc.message)
                 notify.ready(f"reload failed: {exc.message}")
                 return
-            self.handler.verifier = self.verifier
         for section in ("mqtt", "device_id", "state_dir", "admin", "wyoming"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("reload: %s changed; it takes effect after a restart", section)
                 setattr(new, section, getattr(old, section))
         if dataclasses.replace(new.microphone, mode=old.microphone.mode) != old.microphone:
             log.warning("reload: microphone settings other than mode take effect after a restart")
-        self.handler.mic_mode = new.microphone.mode
-        self.handler.max_audio_seconds = new.limits.max_audio_seconds
+        self.handler.reconfigure(self.verifier, new.limits.max_audio_seconds, new.microphone.verify_profile)
         self.service.config.limits.max_payload_bytes = new.limits.max_payload_bytes
         new.microphone = dataclasses.replace(old.microphone, mode=new.microphone.mode)
         new.limits.queue_size = old.limits.queue_size

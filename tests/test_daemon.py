@@ -25,7 +25,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "evtest"

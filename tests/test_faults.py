@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 from test_daemon import DaemonProcess, _b, clips, state_dir  # noqa: E402,F401  (module fixtures reused)
 
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
 

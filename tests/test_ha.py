@@ -22,7 +22,7 @@ from broker import Broker, Hub  # noqa: E402
 from test_daemon import PREFIX, DaemonProcess, _ask, _b, broker, clips, daemon, state_dir  # noqa: E402,F401
 
 from edgeverify.mqtt.ha_discovery import EVENT_TYPES, NO_MATCH  # noqa: E402
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 LEGACY = [f"homeassistant/{c}/edgeverify_ha1/{k}/config" for c, k in
           (("binary_sensor", "match"), ("sensor", "speaker"), ("sensor", "score"))]

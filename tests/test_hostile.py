@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 from test_daemon import PREFIX, DaemonProcess, _b, clips, state_dir  # noqa: E402,F401  (module fixtures reused)
 
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
-from edgeverify.mqtt.topics import string_problem  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
+from edgeverify.topic_rules import string_problem  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
 

@@ -24,7 +24,7 @@ from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 
 from edgeverify.store.config import parse_config  # noqa: E402
 from edgeverify.errors import ConfigError  # noqa: E402
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(MOSQUITTO is None or OPENSSL is None, reason="needs mosquitto and openssl")
@@ -76,10 +76,10 @@ def _service(tmp_path: Path, port: int, handler: Any = None, **mqtt: Any) -> Any
 
 def test_mtls_with_client_certificate(tmp_path: Path, pki: Path, tls_broker: Broker, int8_verifier: Any,
                                       speech_dir: Path) -> None:
-    from edgeverify.mqtt.handler import RequestHandler
+    from edgeverify.app.decisions import DecisionService
     from edgeverify.store.profiles import ProfileStore
 
-    service = _service(tmp_path, tls_broker.port, RequestHandler(int8_verifier, ProfileStore(tmp_path)),
+    service = _service(tmp_path, tls_broker.port, DecisionService(int8_verifier, ProfileStore(tmp_path)),
                        ca_file=str(pki / "ca.crt"), certfile=str(pki / "client.crt"), keyfile=str(pki / "client.key"))
     stop = threading.Event()
     worker = threading.Thread(target=service.run, args=(stop.is_set, lambda: None, 0.1), daemon=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import __version__
-from .protocol import now_iso
+from ..app.protocol import now_iso
 
 ORIGIN_NAME = "edgeverify"
 SUPPORT_URL = "https://github.com/edgeverify/edgeverify#home-assistant"

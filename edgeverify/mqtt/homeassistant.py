@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import ha_discovery as had
-from .admin import AdminHandler, AdminRequest, parse_admin_request
+from ..app.admin import AdminHandler, AdminRequest, parse_admin_request
 from ..errors import EdgeVerifyError, RequestError
 from ..store.profiles import check_name
-from .protocol import BUSY, TOO_LARGE, Response, error_response, salvage_meta
+from ..app.protocol import BUSY, TOO_LARGE, Response, error_response, salvage_meta
 
 if TYPE_CHECKING:
     from .service import MqttService

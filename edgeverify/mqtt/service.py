@@ -36,7 +36,7 @@ from .delivery import Ack, AckLedger, CachedReply, ReplyCache, request_key
 from ..errors import EdgeVerifyError, RequestError
 from .guard import guard_publish, tolerate_bom
 from .homeassistant import HomeAssistantLink
-from .protocol import (
+from ..app.protocol import (
     BAD_REPLY_TOPIC,
     BUSY,
     INTERNAL,

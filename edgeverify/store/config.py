@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import ConfigError
-from ..mqtt.topics import filter_problem, topic_problem
+from ..topic_rules import filter_problem, topic_problem
 from ..core.vad import DEFAULT_VAD_MODE, VAD_MODES
 
 DEFAULT_CONFIG_PATH = "/etc/edgeverify/config.yaml"

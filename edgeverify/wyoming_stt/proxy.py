@@ -35,8 +35,8 @@ import numpy as np
 from ..core.audio import TARGET_RATE
 from ..core.audio_stream import StreamConverter
 from ..errors import AudioError, ConfigError, EdgeVerifyError, ProfileError, WyomingError
-from ..mqtt.handler import RequestHandler
-from ..mqtt.protocol import Response, error_response
+from ..app.decisions import DecisionService as RequestHandler
+from ..app.protocol import Response, error_response
 
 try:  # optional extra: pip install 'edgeverify[wyoming]'
     from wyoming.event import Event, async_write_event

@@ -40,7 +40,7 @@ from ha_config import write_config  # noqa: E402
 from test_daemon import DaemonProcess, _ask  # noqa: E402
 
 from edgeverify.mqtt.ha_discovery import NO_MATCH  # noqa: E402
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 DEV = "hacheck"
 SPEECH = Path(os.environ.get("EDGEVERIFY_SPEECH_DIR", REPO.parent / "shared" / "data" / "speech")) / "dev"

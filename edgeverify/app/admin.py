@@ -22,7 +22,7 @@ from ..store.config import AdminConfig
 from ..store.enrollment import EnrollmentReport, enroll
 from ..errors import AdminDisabledError, EdgeVerifyError, RequestError
 from ..store.profiles import check_name
-from .protocol import META_FIELDS, Clip, RequestMeta, Response, _clip, _opt_str, error_response, meta_fields, typed_object
+from .protocol import META_FIELDS, Clip, RequestMeta, Response, error_response, meta_fields, opt_str, parse_clip, typed_object
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class AdminRequest(RequestMeta):
 def parse_admin_request(payload: bytes, max_clips: int) -> AdminRequest:
     """RequestError for anything malformed (never another exception)."""
     obj, kind = typed_object(payload, ADMIN_TYPES, "admin 'type'")  # bounded parse, bad type quoted cut short
-    req = AdminRequest(type=kind, **meta_fields(obj), name=_opt_str(obj, "name"))
+    req = AdminRequest(type=kind, **meta_fields(obj), name=opt_str(obj, "name"))
     if kind in ("enroll", "forget"):
         if not req.name:
             raise RequestError(f"'name' is required for {kind}")
@@ -72,7 +72,7 @@ def parse_admin_request(payload: bytes, max_clips: int) -> AdminRequest:
         return req
     if not isinstance(clips, list) or not 1 <= len(clips) <= max_clips:
         raise RequestError(f"'clips' must be a list of 1-{max_clips} clips")
-    req.clips = [_clip({"clip": c}, "clip") for c in clips]
+    req.clips = [parse_clip({"clip": c}, "clip") for c in clips]
     return req
 
 
