@@ -112,3 +112,23 @@ def hub(broker):  # noqa: ANN001 -- `broker` is the requesting module's own (mod
     h = Hub(broker.port)
     yield h
     h.close()
+
+
+@pytest.fixture
+def mqtt_adapter():
+    """Factory: mqtt_adapter(config, decision_service) -> (MqttService, run) wired as the daemon wires it,
+    with run(stop_event) the model worker's loop (run it on a thread; it returns once stop_event is set)."""
+    from edgeverify.app.counters import Counters
+    from edgeverify.app.sinks import DecisionSinks
+    from edgeverify.app.worker import ModelWorker
+    from edgeverify.mqtt.service import MqttService
+
+    def build(config, service):  # noqa: ANN001, ANN202
+        counters = Counters()
+        sinks = DecisionSinks(counters)
+        worker = ModelWorker(config.limits.queue_size)
+        mqtt = MqttService(config, service, worker, counters, sinks)
+        sinks.add(mqtt.ha)
+        return mqtt, lambda stop: worker.run(stop.is_set, mqtt.tick, 0.1)
+
+    return build

@@ -327,17 +327,17 @@ def _corr_props(corr: bytes) -> Any:
 
 DRIVER = '''
 import runpy, sys
-import edgeverify.mqtt.service as ms
+import edgeverify.mqtt.requests as mr
 
 class InjectedFault(BaseException):
     """Not an Exception: escapes every handler, as a paho bug or interpreter fault would."""
 
-original = ms.MqttService._receive
-def _receive(self, msg):
+original = mr.MqttRequests.receive
+def receive(self, msg):
     if msg.topic.endswith("/request/die"):
         raise InjectedFault("network thread killed by the test")
     return original(self, msg)
-ms.MqttService._receive = _receive
+mr.MqttRequests.receive = receive
 sys.argv = ["edgeverify"] + sys.argv[1:]
 runpy.run_module("edgeverify", run_name="__main__")
 '''

@@ -92,19 +92,19 @@ def test_response_shape() -> None:
 
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
-def test_service_connects_when_broker_appears_later(tmp_path: Path, int8_verifier: Any, speech_dir: Path) -> None:
+def test_service_connects_when_broker_appears_later(tmp_path: Path, int8_verifier: Any, speech_dir: Path,
+                                                    mqtt_adapter: Any) -> None:
     """Broker down at start-up: paho keeps retrying with backoff; requests work once it is up."""
     from edgeverify.app.decisions import DecisionService
-    from edgeverify.mqtt.service import MqttService
     from edgeverify.store.profiles import ProfileStore
 
     broker = Broker()
     config = parse_config({"device_id": "late", "state_dir": str(tmp_path),
                            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 1, "reconnect_max_s": 1,
                                     "discovery_prefix": None}})
-    service = MqttService(config, DecisionService(int8_verifier, ProfileStore(tmp_path)))
+    service, run = mqtt_adapter(config, DecisionService(int8_verifier, ProfileStore(tmp_path)))
     stop = threading.Event()
-    worker = threading.Thread(target=service.run, args=(stop.is_set, lambda: None, 0.1), daemon=True)
+    worker = threading.Thread(target=run, args=(stop,), daemon=True)
     service.start()
     worker.start()
     try:
