@@ -24,7 +24,7 @@ from .app.model import load_verifier, verifier_settings
 from .app.sinks import DecisionSinks
 from .app.worker import ModelWorker, UtteranceSource
 from .errors import ConfigError, EdgeVerifyError
-from .store.config import Config, MicrophoneConfig, load_config
+from .store.config import MicrophoneConfig, load_config
 from .store.profiles import ProfileStore
 from .systemd import notify
 
