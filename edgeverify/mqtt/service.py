@@ -8,7 +8,7 @@ tick() from the worker loop. Nothing here runs the model loop or knows the micro
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from ..app.admin import AdminHandler
 from ..app.counters import Counters
@@ -25,10 +25,12 @@ from .requests import MqttRequests
 
 class MqttService:
     def __init__(self, config: Config, service: DecisionService, worker: ModelWorker, counters: Counters,
-                 sinks: DecisionSinks, model_name: str = "int8") -> None:
+                 sinks: DecisionSinks, model_name: str = "int8",
+                 connection: Optional[Callable[..., MqttConnection]] = None) -> None:
+        """`connection`: what makes the connection (default MqttConnection; tests pass one without a broker)."""
         m = config.mqtt
         self.base = f"{m.topic_prefix}/{config.device_id}"
-        self.connection = MqttConnection(config, f"{self.base}/availability", counters)
+        self.connection = (connection or MqttConnection)(config, f"{self.base}/availability", counters)
         self.requests = MqttRequests(config, self.connection, service, worker, counters, sinks, self.base)
         topics = had.Topics(self.base, m.discovery_prefix, config.device_id)
         admin = MqttAdmin(config, self.connection, self.requests, AdminHandler(service, config.admin), worker,
