@@ -84,7 +84,7 @@ class FakeWire(MqttConnection):
 def link(tmp_path: Path) -> Any:
     """The MQTT adapter on a FakeWire, its worker running, two synthetic profiles in the store."""
     config = parse_config({"device_id": "hal", "state_dir": str(tmp_path),
-                           "admin": {"enabled": True}, "microphone": {"enabled": True}})
+                           "admin": {"enabled": True, "max_clips": 25}, "microphone": {"enabled": True}})
     store = ProfileStore(tmp_path)
     rng = np.random.default_rng(0)
     for name in ("alice", "bob"):
@@ -150,3 +150,16 @@ def test_every_sources_decision_reaches_home_assistant(link: Any) -> None:
     assert retain and state["speaker"] == "alice" and state["identified"] is True
     sinks.publish_decision({"ok": False, "type": "identify", "error": {"code": "x", "message": "y"}}, "mqtt")
     assert counters.decisions == 1 and counters.last_latency_ms == 12.5  # an error is not a decision
+
+
+def test_enroll_utterances_entity_offers_what_the_device_accepts(link: Any) -> None:
+    """HA's number entity had max=10 whatever admin.max_clips said (here 25): HA refused what the device takes."""
+    wire, _, _ = link
+    _, doc, _ = wire.wait(lambda m: m[0] == "homeassistant/device/edgeverify_hal/config")
+    number = doc["cmps"]["enroll_utterances"]
+    assert (number["min"], number["max"]) == (1, 25)
+    wire.deliver(f"{BASE}/admin/ha/enroll_utterances", b"25")
+    wire.wait(lambda m: m[0] == f"{BASE}/admin/ha/state" and m[1]["utterances"] == 25)
+    wire.deliver(f"{BASE}/admin/ha/enroll_utterances", b"26")
+    _, state, _ = wire.wait(lambda m: m[0] == f"{BASE}/admin/ha/state" and m[1]["status"] == "invalid utterances")
+    assert "1-25" in state["message"]

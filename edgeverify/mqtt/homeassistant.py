@@ -71,7 +71,7 @@ class HomeAssistantLink:
     def announce(self, migrate: bool = False) -> None:
         """Discovery (plus the 0.1 migration on connect), then every state HA should see at once."""
         t = self.topics
-        payload = had.device_discovery(t, self.model_name, self._enroll_entities)
+        payload = had.device_discovery(t, self.model_name, self._enroll_entities, self.config.admin.max_clips)
         for topic, data, retain in had.discovery_messages(t, payload, migrate):
             self.connection.publish(topic, data, retain=retain)
         with self._lock:
