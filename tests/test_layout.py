@@ -24,9 +24,7 @@ from __future__ import annotations
 import ast
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
-
-import pytest
+from typing import Iterable
 
 PKG = Path(__file__).resolve().parents[1] / "edgeverify"
 TESTS = Path(__file__).resolve().parent

@@ -135,6 +135,10 @@ class MqttRequests:
         connection.subscribe(subs)
         connection.set_default_callback(self._on_message)
 
+    def set_max_payload_bytes(self, limit: int) -> None:
+        """limits.max_payload_bytes is live on reload."""
+        self.max_payload_bytes = limit
+
     # -- network thread: enqueue only --------------------------------------------------------------
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -57,7 +57,7 @@ class MqttService:
 
     def set_max_payload_bytes(self, limit: int) -> None:
         """A reload: the request size limit is live."""
-        self.requests.max_payload_bytes = limit
+        self.requests.set_max_payload_bytes(limit)
 
     def tick(self) -> None:
         """From the worker loop: refresh the expiring `online`, publish diagnostics when due."""
