@@ -112,3 +112,67 @@ def hub(broker):  # noqa: ANN001 -- `broker` is the requesting module's own (mod
     h = Hub(broker.port)
     yield h
     h.close()
+
+
+@pytest.fixture
+def mqtt_adapter():
+    """Factory: mqtt_adapter(config, decision_service) -> (MqttService, run) wired as the daemon wires it,
+    with run(stop_event) the model worker's loop (run it on a thread; it returns once stop_event is set)."""
+    from edgeverify.app.counters import Counters
+    from edgeverify.app.sinks import DecisionSinks
+    from edgeverify.app.worker import ModelWorker
+    from edgeverify.mqtt.service import MqttService
+
+    def build(config, service):  # noqa: ANN001, ANN202
+        counters = Counters()
+        sinks = DecisionSinks(counters)
+        worker = ModelWorker(config.limits.queue_size)
+        mqtt = MqttService(config, service, worker, counters, sinks)
+        sinks.add(mqtt.ha)
+        return mqtt, lambda stop: worker.run(stop.is_set, mqtt.tick, 0.1)
+
+    return build
+
+
+# -- an end-to-end daemon (tests/daemon_process.py) and what it needs; module-scoped: one per test module
+
+
+@pytest.fixture(scope="module")
+def broker():  # noqa: ANN201
+    """A real mosquitto on loopback (tests/broker.py) for the module's tests."""
+    from broker import Broker
+
+    with Broker() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def clips(speech_dir: Path) -> dict[str, list[Path]]:
+    """Real recordings of three speakers (two are enrolled in state_dir)."""
+    d = speech_dir / "dev"
+    return {s: sorted((d / s).glob("*.wav")) for s in ("vctk-p225", "vctk-p226", "ls-533")}
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory, int8_verifier, clips: dict[str, list[Path]]) -> Path:  # noqa: ANN001
+    """A profile directory with alice (vctk-p225) and bob (vctk-p226) enrolled from 3 clips each."""
+    from edgeverify.core.audio import read_audio
+    from edgeverify.store.profiles import ProfileStore
+
+    root = tmp_path_factory.mktemp("state")
+    store = ProfileStore(root)
+    for name, spk in (("alice", "vctk-p225"), ("bob", "vctk-p226")):
+        store.enroll(name, [int8_verifier.embed(read_audio(p)) for p in clips[spk][:3]])
+    return root
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, broker, int8_model: Path, state_dir: Path):  # noqa: ANN001, ANN201
+    """`edgeverify run` as device dev1 against the module's broker, with alice and bob enrolled."""
+    from daemon_process import DaemonProcess
+
+    d = DaemonProcess(tmp_path_factory.mktemp("daemon"), broker.port, int8_model, state_dir, "dev1")
+    yield d
+    d.stop()
+
+

@@ -300,7 +300,7 @@ def measure(clips: list[Clip], workdir: Path, model: Path, verifier: Any = None,
     """
     import virtual_mic
     from broker import Broker, Hub
-    from test_daemon import DaemonProcess
+    from daemon_process import DaemonProcess
 
     state = workdir / "state"
     state.mkdir(parents=True, exist_ok=True)

@@ -367,8 +367,8 @@ def test_runtime_does_not_import_scipy():
 
     code = (
         "import sys, numpy as np\n"
-        "import edgeverify.core.audio, edgeverify.core.verifier, edgeverify.mqtt.handler, edgeverify.microphone.listener\n"
-        "import edgeverify.daemon, edgeverify.mqtt.service, edgeverify.cli.daemon, edgeverify.cli.verify\n"
+        "import edgeverify.core.audio, edgeverify.core.verifier, edgeverify.app.decisions, edgeverify.microphone.listener\n"
+        "import edgeverify.daemon, edgeverify.mqtt.service, edgeverify.app.worker, edgeverify.cli.daemon, edgeverify.cli.verify\n"
         "from edgeverify.core.audio import audio_from_array, resample\n"
         "audio_from_array(np.zeros(8000, np.int16), 8000); resample(np.zeros(4410), 44100)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n"

@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -24,159 +21,17 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
+from daemon_process import PREFIX, DaemonProcess, as_clip, ask  # noqa: E402
 
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-PREFIX = "evtest"
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
-
-
-class NotifySocket:
-    """What systemd does: a datagram socket collecting sd_notify messages."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._run = True
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while self._run:
-            try:
-                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-
-    def wait_for(self, line: str, timeout: float, since: int = 0) -> int:
-        """Index of the first message from `since` on containing the line `line`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i in range(since, len(self.messages)):
-                if line in self.messages[i][1].split("\n"):
-                    return i
-            time.sleep(0.02)
-        raise TimeoutError(f"no {line!r} from the daemon within {timeout} s; got {[m for _, m in self.messages]}")
-
-    def close(self) -> None:
-        self._run = False
-        self.sock.close()
-
-
-class DaemonProcess:
-    def __init__(self, tmp: Path, port: int, model: Path, state_dir: Path, device_id: str,
-                 watchdog_usec: Optional[int] = None, extra: Optional[dict] = None,
-                 env_extra: Optional[dict] = None, argv: Optional[list[str]] = None,
-                 limits: Optional[dict] = None, **mqtt_extra: Any) -> None:
-        """argv: the command before `run --config FILE` (default: this interpreter, -m edgeverify)."""
-        self.device_id = device_id
-        self.base = f"{PREFIX}/{device_id}"
-        cfg = tmp / f"{device_id}.yaml"
-        mqtt = {"host": "127.0.0.1", "port": port, "topic_prefix": PREFIX, "reconnect_max_s": 2, **mqtt_extra}
-        cfg.write_text(json.dumps({  # JSON is YAML
-            "device_id": device_id,
-            "model": str(model),
-            "state_dir": str(state_dir),
-            "mqtt": mqtt,
-            "limits": {"max_payload_bytes": 3_000_000, "queue_size": 1, "max_audio_seconds": 30, **(limits or {})},
-            **(extra or {}),
-        }))
-        notify_path = tmp / f"{device_id}.notify"
-        notify_path.unlink(missing_ok=True)  # a restarted daemon gets a fresh socket
-        self.notify = NotifySocket(notify_path)
-        env = {k: v for k, v in {**os.environ, **(env_extra or {})}.items()
-               if k not in ("STATE_DIRECTORY", "JOURNAL_STREAM", "WATCHDOG_PID")}
-        env["NOTIFY_SOCKET"] = self.notify.path
-        env.pop("WATCHDOG_USEC", None)
-        if watchdog_usec:
-            env["WATCHDOG_USEC"] = str(watchdog_usec)
-        self.log = open(tmp / f"{device_id}.log", "ab")  # appended: a restarted daemon keeps one log
-        self.proc = subprocess.Popen(
-            (argv or [sys.executable, "-m", "edgeverify"]) + ["run", "--config", str(cfg)],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        self.log_path = tmp / f"{device_id}.log"
-        try:
-            self.notify.wait_for("READY=1", 60)
-        except TimeoutError:
-            self.stop()
-            raise AssertionError(f"daemon never became ready:\n{self.log_path.read_text()}") from None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown at all (a crash, the OOM killer)."""
-        self.proc.kill()
-        self.proc.wait()
-        self.notify.close()
-        self.log.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.notify.close()
-        self.log.close()
-        return self.proc.returncode
-
-
-@pytest.fixture(scope="module")
-def clips(speech_dir: Path) -> dict[str, list[Path]]:
-    d = speech_dir / "dev"
-    return {s: sorted((d / s).glob("*.wav")) for s in ("vctk-p225", "vctk-p226", "ls-533")}
-
-
-@pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory, int8_verifier: Any, clips: dict[str, list[Path]]) -> Path:
-    from edgeverify.core.audio import read_audio
-    from edgeverify.store.profiles import ProfileStore
-
-    root = tmp_path_factory.mktemp("state")
-    store = ProfileStore(root)
-    for name, spk in (("alice", "vctk-p225"), ("bob", "vctk-p226")):
-        store.enroll(name, [int8_verifier.embed(read_audio(p)) for p in clips[spk][:3]])
-    return root
-
-
-@pytest.fixture(scope="module")
-def broker() -> Any:
-    with Broker() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, broker: Broker, int8_model: Path, state_dir: Path) -> Any:
-    d = DaemonProcess(tmp_path_factory.mktemp("daemon"), broker.port, int8_model, state_dir, "dev1")
-    yield d
-    d.stop()
-
-
-def _ask(hub: Hub, topic: str, payload: bytes, user: Optional[dict[str, str]] = None, timeout: float = 10) -> dict:
-    """v5 request/response: own response topic, matched by correlation data."""
-    reply = f"hub/replies/{uuid.uuid4().hex}"
-    corr = uuid.uuid4().bytes
-    hub.subscribe(reply)
-    hub.publish(topic, payload, response_topic=reply, correlation=corr, user=user)
-    msg = hub.wait(lambda m: m.topic == reply and getattr(m.properties, "CorrelationData", None) == corr, timeout)
-    return json.loads(msg.payload)
-
-
-def _b(p: Path) -> tuple[str, bytes]:
-    return (p.name, p.read_bytes())
 
 
 def test_verify_same_and_different_speaker(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
     a, b = clips["vctk-p225"], clips["vctk-p226"]
     meta = dict(request_id="r-1", requestor_id="hub-7", requestor_type="hub", analysis_id="an-1")
-    same = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(a[4]), **meta))
+    same = ask(hub, f"{daemon.base}/request", encode_request("verify", as_clip(a[3]), as_clip(a[4]), **meta))
     assert same["ok"] is True and same["same_speaker"] is True, same
     # calibrated default: the llr decides against the EER operating point; score stays the cosine
     assert same["operating_point"] == "eer" and same["llr"] >= same["threshold"] and -1 <= same["score"] <= 1
@@ -185,12 +40,12 @@ def test_verify_same_and_different_speaker(daemon: DaemonProcess, hub: Hub, clip
     assert same["first_file"] == a[3].name and same["second_file"] == a[4].name
     assert same["analyzer_id"] == "dev1" and same["type"] == "verify"
     assert same["timestamp"].endswith("Z") and same["elapsed_ms"] > 0
-    diff = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(b[4]), request_id="r-2"))
+    diff = ask(hub, f"{daemon.base}/request", encode_request("verify", as_clip(a[3]), as_clip(b[4]), request_id="r-2"))
     assert diff["ok"] is True and diff["same_speaker"] is False and diff["llr"] < diff["threshold"], diff
-    strict = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(a[4]), target_far=0.001))
+    strict = ask(hub, f"{daemon.base}/request", encode_request("verify", as_clip(a[3]), as_clip(a[4]), target_far=0.001))
     assert strict["operating_point"] == "far=0.001" and strict["threshold"] > same["threshold"], strict
     assert strict["llr"] == same["llr"]
-    old = _ask(hub, f"{daemon.base}/request", encode_request("verify", _b(a[3]), _b(b[4]), threshold=0.99))
+    old = ask(hub, f"{daemon.base}/request", encode_request("verify", as_clip(a[3]), as_clip(b[4]), threshold=0.99))
     assert old["operating_point"] == "threshold" and old["threshold"] == 0.99 and "llr" not in old, old
     uuid.UUID(diff["analysis_id"])  # generated when absent
     assert diff["request_id"] == "r-2"
@@ -198,19 +53,19 @@ def test_verify_same_and_different_speaker(daemon: DaemonProcess, hub: Hub, clip
 
 def test_profiles_identify_and_raw_audio(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
     a, stranger = clips["vctk-p225"], clips["ls-533"]
-    r = _ask(hub, f"{daemon.base}/request", encode_request("verify_profile", _b(a[6]), profile="alice"))
+    r = ask(hub, f"{daemon.base}/request", encode_request("verify_profile", as_clip(a[6]), profile="alice"))
     assert r["ok"] and r["same_speaker"] is True and r["profile"] == "alice", r
-    r = _ask(hub, f"{daemon.base}/request", encode_request("verify_profile", _b(a[6]), profile="bob"))
+    r = ask(hub, f"{daemon.base}/request", encode_request("verify_profile", as_clip(a[6]), profile="bob"))
     assert r["ok"] and r["same_speaker"] is False
-    r = _ask(hub, f"{daemon.base}/request", encode_request("identify", _b(a[7]), request_id="id-1"))
+    r = ask(hub, f"{daemon.base}/request", encode_request("identify", as_clip(a[7]), request_id="id-1"))
     assert r["ok"] and r["speaker"] == "alice" and set(r["scores"]) == {"alice", "bob"}, r
-    r = _ask(hub, f"{daemon.base}/request", encode_request("identify", _b(stranger[2])))
+    r = ask(hub, f"{daemon.base}/request", encode_request("identify", as_clip(stranger[2])))
     assert r["ok"] and r["speaker"] is None and r["same_speaker"] is False
     # raw WAV bytes, metadata as user properties
-    r = _ask(hub, f"{daemon.base}/request/identify", a[5].read_bytes(),
+    r = ask(hub, f"{daemon.base}/request/identify", a[5].read_bytes(),
              user={"request_id": "raw-1", "requestor_id": "hub-7", "name": "door.wav"})
     assert r["ok"] and r["speaker"] == "alice" and r["request_id"] == "raw-1" and r["first_file"] == "door.wav", r
-    r = _ask(hub, f"{daemon.base}/request/verify_profile", a[5].read_bytes(), user={"profile": "bob"})
+    r = ask(hub, f"{daemon.base}/request/verify_profile", a[5].read_bytes(), user={"profile": "bob"})
     assert r["ok"] and r["same_speaker"] is False and r["profile"] == "bob"
 
 
@@ -220,7 +75,7 @@ def test_mqtt311_client_with_reply_to(daemon: DaemonProcess, broker: Broker, cli
         old.subscribe("legacy/answers")
         a = clips["vctk-p225"]
         old.publish(f"{daemon.base}/request",
-                    encode_request("verify", _b(a[0]), _b(a[1]), request_id="v3", reply_to="legacy/answers"))
+                    encode_request("verify", as_clip(a[0]), as_clip(a[1]), request_id="v3", reply_to="legacy/answers"))
         r = json.loads(old.wait(lambda m: m.topic == "legacy/answers", 10).payload)
         assert r["ok"] and r["request_id"] == "v3" and r["same_speaker"] is True
         # no reply_to at all: the device's default response topic
@@ -252,7 +107,7 @@ def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
     ],
 )
 def test_bad_requests_get_error_responses(daemon: DaemonProcess, hub: Hub, payload: bytes, code: str, message: str) -> None:
-    r = _ask(hub, f"{daemon.base}/request", payload)
+    r = ask(hub, f"{daemon.base}/request", payload)
     assert r["ok"] is False and r["error"]["code"] == code and message in r["error"]["message"], r
     if payload.startswith(b"{"):
         assert r["request_id"] == "e1"
@@ -262,31 +117,31 @@ def test_bad_requests_get_error_responses(daemon: DaemonProcess, hub: Hub, paylo
 def test_bad_audio_and_unknown_profile(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
     a = clips["vctk-p225"]
     garbage = ("junk.wav", os.urandom(5000))
-    r = _ask(hub, f"{daemon.base}/request", encode_request("verify", garbage, _b(a[0]), request_id="g"))
+    r = ask(hub, f"{daemon.base}/request", encode_request("verify", garbage, as_clip(a[0]), request_id="g"))
     assert r["ok"] is False and r["error"]["code"] == "unreadable_audio" and "junk.wav" in r["error"]["message"], r
     assert r["first_file"] == "junk.wav" and r["second_file"] == a[0].name
     silence = ("quiet.wav", _wav(np.zeros(32000, dtype=np.float32)))
-    r = _ask(hub, f"{daemon.base}/request", encode_request("identify", silence))
+    r = ask(hub, f"{daemon.base}/request", encode_request("identify", silence))
     assert r["ok"] is False and r["error"]["code"] in ("no_speech", "too_short"), r
-    r = _ask(hub, f"{daemon.base}/request", encode_request("verify_profile", _b(a[0]), profile="carol"))
+    r = ask(hub, f"{daemon.base}/request", encode_request("verify_profile", as_clip(a[0]), profile="carol"))
     assert r["ok"] is False and r["error"]["code"] == "unknown_profile", r
-    r = _ask(hub, f"{daemon.base}/request", encode_request("verify_profile", _b(a[0]), profile="../etc"))
+    r = ask(hub, f"{daemon.base}/request", encode_request("verify_profile", as_clip(a[0]), profile="../etc"))
     assert r["ok"] is False and r["error"]["code"] == "profile_error", r
     long = ("long.wav", _wav(np.zeros(16000 * 31, dtype=np.float32)))
-    r = _ask(hub, f"{daemon.base}/request", encode_request("identify", long))
+    r = ask(hub, f"{daemon.base}/request", encode_request("identify", long))
     assert r["ok"] is False and r["error"]["code"] == "too_long", r
 
 
 def test_oversized_payload(daemon: DaemonProcess, hub: Hub) -> None:
     big = json.dumps({"type": "identify", "request_id": "big", "first": {"audio_b64": "A" * 3_100_000}}).encode()
-    r = _ask(hub, f"{daemon.base}/request", big)
+    r = ask(hub, f"{daemon.base}/request", big)
     assert r["ok"] is False and r["error"]["code"] == "payload_too_large", r
 
 
 def test_busy_when_queue_full(daemon: DaemonProcess, hub: Hub, clips: dict[str, list[Path]]) -> None:
     """queue_size 1: a burst gets immediate "busy" replies for what does not fit -- every request answered."""
     a = clips["vctk-p225"]
-    req = encode_request("verify", _b(a[0]), _b(a[1]))
+    req = encode_request("verify", as_clip(a[0]), as_clip(a[1]))
     reply = f"hub/burst/{uuid.uuid4().hex}"
     hub.subscribe(reply)
     n = 6
@@ -356,7 +211,7 @@ def test_shared_group_spreads_requests(tmp_path: Path, broker: Broker, int8_mode
         a = clips["vctk-p225"]
         handled = []
         for i in range(6):
-            r = _ask(hub, f"{PREFIX}/request", encode_request("identify", _b(a[i % 8]), request_id=f"s{i}"))
+            r = ask(hub, f"{PREFIX}/request", encode_request("identify", as_clip(a[i % 8]), request_id=f"s{i}"))
             assert r["ok"] and r["request_id"] == f"s{i}", r
             handled.append(r["analyzer_id"])
         assert set(handled) == {"pool1", "pool2"}, handled

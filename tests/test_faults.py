@@ -19,9 +19,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
-from test_daemon import DaemonProcess, _b, clips, state_dir  # noqa: E402,F401  (module fixtures reused)
+from daemon_process import DaemonProcess, as_clip  # noqa: E402
 
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
 
@@ -95,17 +95,17 @@ def test_daemon_killed_and_stopped_with_requests_queued(tmp_path: Path, pbroker:
     d = DaemonProcess(tmp_path, pbroker.port, int8_model, state_dir, "kill1", limits={"queue_size": 16})
     try:
         topic = f"{d.base}/request"
-        first = [ledger.send(topic, encode_request("identify", _b(a[i % 8]), request_id=f"k{i}"), f"k{i}")
+        first = [ledger.send(topic, encode_request("identify", as_clip(a[i % 8]), request_id=f"k{i}"), f"k{i}")
                  for i in range(8)]
         ledger.collect({first[0]})  # the worker is busy with the rest
         d.kill()
         d = DaemonProcess(tmp_path, pbroker.port, int8_model, state_dir, "kill1", limits={"queue_size": 16})
         ledger.collect(set(first))
-        second = [ledger.send(topic, encode_request("identify", _b(a[i]), request_id=f"t{i}"), f"t{i}")
+        second = [ledger.send(topic, encode_request("identify", as_clip(a[i]), request_id=f"t{i}"), f"t{i}")
                   for i in range(4)]
         ledger.collect({second[0]})
         assert d.stop() == 0
-        down = [ledger.send(topic, encode_request("identify", _b(a[i]), request_id=f"d{i}"), f"d{i}")
+        down = [ledger.send(topic, encode_request("identify", as_clip(a[i]), request_id=f"d{i}"), f"d{i}")
                 for i in range(4)]
         d = DaemonProcess(tmp_path, pbroker.port, int8_model, state_dir, "kill1", limits={"queue_size": 16})
         ledger.collect(set(first + second + down))
@@ -132,10 +132,10 @@ def test_broker_restarts_with_persistence(tmp_path: Path, pbroker: Broker, int8_
         ledger = Ledger(hub, reply)
         a = clips["vctk-p226"]
         topic = f"{d.base}/request"
-        ledger.collect({ledger.send(topic, encode_request("identify", _b(a[0])), "warm")})
+        ledger.collect({ledger.send(topic, encode_request("identify", as_clip(a[0])), "warm")})
         pbroker.restart()  # SIGTERM: mosquitto saves sessions, subscriptions and retained messages
         assert hub.connected(20)
-        sent = [ledger.send(topic, encode_request("identify", _b(a[i % 8]), request_id=f"b{i}"), f"b{i}")
+        sent = [ledger.send(topic, encode_request("identify", as_clip(a[i % 8]), request_id=f"b{i}"), f"b{i}")
                 for i in range(6)]
         ledger.collect(set(sent))
         assert all(r["ok"] and r["speaker"] == "bob" for c in sent for r in ledger.replies[c])
@@ -190,13 +190,13 @@ def test_expired_requests_are_dropped_and_repeats_answered_once(tmp_path: Path, 
         a = clips["vctk-p225"]
         topic = f"{d.base}/request"
         # keep the worker busy for a while, then queue a request that expires after 1 s
-        busy = [ledger.send(topic, encode_request("verify", _b(a[i]), _b(a[i + 1])), f"w{i}") for i in range(6)]
-        stale = ledger.send(topic, encode_request("identify", _b(a[0]), request_id="stale"), "stale", expiry=1)
+        busy = [ledger.send(topic, encode_request("verify", as_clip(a[i]), as_clip(a[i + 1])), f"w{i}") for i in range(6)]
+        stale = ledger.send(topic, encode_request("identify", as_clip(a[0]), request_id="stale"), "stale", expiry=1)
         ledger.collect(set(busy))
         ledger.drain(2.0)
         assert stale not in ledger.replies
         # the same request (same correlation data, same payload) sent twice: one computation, same answer
-        payload = encode_request("identify", _b(a[2]), request_id="twice")
+        payload = encode_request("identify", as_clip(a[2]), request_id="twice")
         corr = b"twice-1"
         for _ in range(2):
             hub.publish(topic, payload, response_topic=reply, correlation=corr)

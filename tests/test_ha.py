@@ -7,11 +7,9 @@ tests/ha/run_ha_check.sh checks the same against a real Home Assistant Core.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import Broker, Hub  # noqa: E402
-from test_daemon import PREFIX, DaemonProcess, _ask, _b, broker, clips, daemon, state_dir  # noqa: E402,F401
+from daemon_process import DaemonProcess, PREFIX, as_clip, ask  # noqa: E402
 
 from edgeverify.mqtt.ha_discovery import EVENT_TYPES, NO_MATCH  # noqa: E402
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 LEGACY = [f"homeassistant/{c}/edgeverify_ha1/{k}/config" for c, k in
           (("binary_sensor", "match"), ("sensor", "speaker"), ("sensor", "score"))]
@@ -41,7 +39,7 @@ def _drain(hub: Hub, seconds: float) -> list[Any]:
 
 
 def _admin(hub: Hub, base: str, doc: dict, timeout: float = 20) -> dict:
-    return _ask(hub, f"{base}/admin/request", json.dumps(doc).encode(), timeout=timeout)
+    return ask(hub, f"{base}/admin/request", json.dumps(doc).encode(), timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +110,13 @@ def test_events_and_per_kind_state(ha_daemon: DaemonProcess, broker: Broker, hub
     base, a, stranger = ha_daemon.base, clips["vctk-p225"], clips["ls-533"]
     hub.subscribe(f"{base}/event")
     steps = [
-        (encode_request("identify", _b(stranger[1]), request_id="e1"), "unknown_speaker"),
-        (encode_request("identify", _b(a[7]), request_id="e2"), "identified"),
-        (encode_request("verify_profile", _b(a[6]), profile="alice", request_id="e3"), "verified"),
-        (encode_request("verify_profile", _b(a[6]), profile="bob", request_id="e4"), "rejected"),
+        (encode_request("identify", as_clip(stranger[1]), request_id="e1"), "unknown_speaker"),
+        (encode_request("identify", as_clip(a[7]), request_id="e2"), "identified"),
+        (encode_request("verify_profile", as_clip(a[6]), profile="alice", request_id="e3"), "verified"),
+        (encode_request("verify_profile", as_clip(a[6]), profile="bob", request_id="e4"), "rejected"),
     ]
     for payload, expected in steps:
-        r = _ask(hub, f"{base}/request", payload)
+        r = ask(hub, f"{base}/request", payload)
         assert r["ok"], r
         ev = json.loads(hub.wait(lambda m: m.topic == f"{base}/event" and json.loads(m.payload)["request_id"] == r["request_id"], 10).payload)
         assert ev["event_type"] == expected and ev["source"] == "mqtt" and ev["score"] == r["score"], ev
@@ -160,7 +158,7 @@ def test_admin_enroll_list_forget(ha_daemon: DaemonProcess, hub: Hub, clips: dic
     assert [x["ok"] for x in r["clips"]] == [True, False, True] and r["clips"][1]["name"] == "quiet.wav"
     r = _admin(hub, base, {"type": "enroll", "name": "carol", "clips": [clip(p) for p in c[:3]]})
     assert r["ok"] and r["profile"]["clips"] == 3 and all(x["ok"] for x in r["clips"]), r
-    r = _ask(hub, f"{base}/request", encode_request("identify", _b(c[4])))
+    r = ask(hub, f"{base}/request", encode_request("identify", as_clip(c[4])))
     assert r["speaker"] == "carol", r
     r = _admin(hub, base, {"type": "enroll", "name": "carol", "clips": [clip(c[0])]})
     assert r["ok"] is False and r["error"]["code"] == "profile_error" and "already exists" in r["error"]["message"]
@@ -291,7 +289,7 @@ def test_readme_acl_limits_admin(tmp_path: Path, int8_model: Path, ha_state: Pat
             ha.publish("edgeverify/kitchen-pi/admin/request", admin, response_topic="replies/homeassistant/a", correlation=b"2")
             r = json.loads(ha.wait(lambda m: m.topic == "replies/homeassistant/a", 10).payload)
             assert r["ok"] and [p["name"] for p in r["profiles"]] == ["alice", "bob"], r
-            phone.publish("edgeverify/kitchen-pi/request", encode_request("identify", _b(clips["vctk-p225"][5])),
+            phone.publish("edgeverify/kitchen-pi/request", encode_request("identify", as_clip(clips["vctk-p225"][5])),
                           response_topic="replies/alice-phone/i", correlation=b"3")
             r = json.loads(phone.wait(lambda m: m.topic == "replies/alice-phone/i", 10).payload)
             assert r["ok"] and r["speaker"] == "alice", r
@@ -313,6 +311,6 @@ def test_admin_and_ha_messages_are_acknowledged(daemon: DaemonProcess, hub: Hub,
         hub.publish("homeassistant/status", b"online" if i % 10 == 0 else b"offline")
     for i in range(15):
         hub.publish(f"{base}/admin/request", b'{"type": "list"}' if i % 2 else b"[[[[not json")
-    r = _ask(hub, f"{base}/request", encode_request("identify", _b(clips["vctk-p225"][5])), timeout=30)
+    r = ask(hub, f"{base}/request", encode_request("identify", as_clip(clips["vctk-p225"][5])), timeout=30)
     assert r["ok"] and r["speaker"] == "alice", r
     assert daemon.proc.poll() is None

@@ -18,17 +18,17 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub  # noqa: E402
-from test_daemon import PREFIX, DaemonProcess, _b, clips, state_dir  # noqa: E402,F401  (module fixtures reused)
+from daemon_process import DaemonProcess, PREFIX, as_clip  # noqa: E402
 
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
-from edgeverify.mqtt.topics import string_problem  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
+from edgeverify.topic_rules import string_problem  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
 
@@ -253,7 +253,7 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
         try:
             reply = f"hub/good/{uuid.uuid4().hex}"
             good.subscribe(reply)
-            good.publish(f"{BASE}/request", encode_request("identify", _b(a[6]), request_id="after"),
+            good.publish(f"{BASE}/request", encode_request("identify", as_clip(a[6]), request_id="after"),
                          response_topic=reply, correlation=b"after")
             r = json.loads(good.wait(lambda m: m.topic == reply, 60).payload)
             assert r["ok"] and r["speaker"] == "alice" and r["request_id"] == "after", r
@@ -274,7 +274,7 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
 def test_reply_topic_policy_and_allow_list(tmp_path: Path, fbroker: Broker, int8_model: Path, state_dir: Path,
                                            clips: dict) -> None:
     planted = Hub(fbroker.port)  # a retained request must not be run at every (re)subscription
-    planted.client.publish(f"{PREFIX}/pol1/request", encode_request("identify", _b(clips["vctk-p226"][2])),
+    planted.client.publish(f"{PREFIX}/pol1/request", encode_request("identify", as_clip(clips["vctk-p226"][2])),
                            qos=1, retain=True, properties=_corr_props(b"retained")).wait_for_publish(10)
     planted.close()
     d = DaemonProcess(tmp_path, fbroker.port, int8_model, state_dir, "pol1", limits={"queue_size": 16},
@@ -283,16 +283,16 @@ def test_reply_topic_policy_and_allow_list(tmp_path: Path, fbroker: Broker, int8
     try:
         spy.subscribe("#")
         a = clips["vctk-p226"]
-        req = encode_request("verify_profile", _b(a[0]), profile="bob", request_id="p")
+        req = encode_request("verify_profile", as_clip(a[0]), profile="bob", request_id="p")
         cases = {b"own-request": f"{d.base}/request", b"ha": "homeassistant/switch/x/config", b"z2m": "zigbee2mqtt/door/set",
                  b"other-ns": "somewhere/else", b"allowed": "hub/answers/kitchen"}
         for corr, topic in cases.items():
             spy.publish(f"{d.base}/request", req, response_topic=topic, correlation=corr)
         # MQTT 3.1.1 style: JSON reply_to
-        spy.publish(f"{d.base}/request", encode_request("identify", _b(a[1]), reply_to=f"{PREFIX}/x/availability"),
+        spy.publish(f"{d.base}/request", encode_request("identify", as_clip(a[1]), reply_to=f"{PREFIX}/x/availability"),
                     correlation=b"json-reply-to")
         # over 65,535 bytes: refused, never cut down to a (different) valid topic
-        spy.publish(f"{d.base}/request", encode_request("identify", _b(a[1]), reply_to="hub/answers/" + "x" * 70_000),
+        spy.publish(f"{d.base}/request", encode_request("identify", as_clip(a[1]), reply_to="hub/answers/" + "x" * 70_000),
                     correlation=b"too-long")
         got: dict[bytes, list[tuple[str, dict]]] = {}
         deadline = time.monotonic() + 60
@@ -327,17 +327,17 @@ def _corr_props(corr: bytes) -> Any:
 
 DRIVER = '''
 import runpy, sys
-import edgeverify.mqtt.service as ms
+import edgeverify.mqtt.requests as mr
 
 class InjectedFault(BaseException):
     """Not an Exception: escapes every handler, as a paho bug or interpreter fault would."""
 
-original = ms.MqttService._receive
-def _receive(self, msg):
+original = mr.MqttRequests.receive
+def receive(self, msg):
     if msg.topic.endswith("/request/die"):
         raise InjectedFault("network thread killed by the test")
     return original(self, msg)
-ms.MqttService._receive = _receive
+mr.MqttRequests.receive = receive
 sys.argv = ["edgeverify"] + sys.argv[1:]
 runpy.run_module("edgeverify", run_name="__main__")
 '''

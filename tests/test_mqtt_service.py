@@ -18,7 +18,7 @@ from broker import MOSQUITTO, Broker, Hub, free_port  # noqa: E402
 
 from edgeverify.store.config import parse_config  # noqa: E402
 from edgeverify.errors import RequestError  # noqa: E402
-from edgeverify.mqtt.protocol import (  # noqa: E402
+from edgeverify.app.protocol import (  # noqa: E402
     Response,
     encode_request,
     error_response,
@@ -92,19 +92,19 @@ def test_response_shape() -> None:
 
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
-def test_service_connects_when_broker_appears_later(tmp_path: Path, int8_verifier: Any, speech_dir: Path) -> None:
+def test_service_connects_when_broker_appears_later(tmp_path: Path, int8_verifier: Any, speech_dir: Path,
+                                                    mqtt_adapter: Any) -> None:
     """Broker down at start-up: paho keeps retrying with backoff; requests work once it is up."""
-    from edgeverify.mqtt.handler import RequestHandler
-    from edgeverify.mqtt.service import MqttService
+    from edgeverify.app.decisions import DecisionService
     from edgeverify.store.profiles import ProfileStore
 
     broker = Broker()
     config = parse_config({"device_id": "late", "state_dir": str(tmp_path),
                            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 1, "reconnect_max_s": 1,
                                     "discovery_prefix": None}})
-    service = MqttService(config, RequestHandler(int8_verifier, ProfileStore(tmp_path)))
+    service, run = mqtt_adapter(config, DecisionService(int8_verifier, ProfileStore(tmp_path)))
     stop = threading.Event()
-    worker = threading.Thread(target=service.run, args=(stop.is_set, lambda: None, 0.1), daemon=True)
+    worker = threading.Thread(target=run, args=(stop,), daemon=True)
     service.start()
     worker.start()
     try:

@@ -134,3 +134,24 @@ def test_cli_enroll_identify_forget(tmp_path: Path, speech_dir: Path, int8_model
     assert _cli("forget", "alice", *sd).returncode == 0
     r = _cli("forget", "alice", *sd)
     assert r.returncode == 2 and "no profile named 'alice'" in r.stderr
+
+
+def test_cli_identify_and_enroll_use_the_configs_vad_mode(tmp_path: Path, int8_model: Path, write_clip) -> None:
+    """`vad_mode` in the config reaches enroll/identify (it was dropped: their verifier ignored it).
+
+    A clip of quiet noise has no speech: with the default `check` it is refused; with `vad_mode: off` in the
+    config the same clip is embedded and the commands answer."""
+    noise = (0.01 * np.random.default_rng(3).standard_normal(16000 * 3)).astype(np.float32)
+    clip = write_clip(noise, 16000, name="noise.wav")
+    state = tmp_path / "state"
+    for mode, works in (("check", False), ("off", True)):
+        cfg = tmp_path / f"{mode}.yaml"
+        cfg.write_text(f"state_dir: {state}\nvad_mode: \"{mode}\"\n")
+        r = _cli("identify", str(clip), "--config", str(cfg))
+        assert (r.returncode == 0) == works, (mode, r.stdout, r.stderr)
+        if works:
+            assert "no profiles" in r.stdout
+        else:
+            assert "speech" in r.stderr
+        r = _cli("enroll", "noise", str(clip), "--config", str(cfg))
+        assert (r.returncode == 0) == works, (mode, r.stdout, r.stderr)

@@ -24,7 +24,7 @@ from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 
 from edgeverify.store.config import parse_config  # noqa: E402
 from edgeverify.errors import ConfigError  # noqa: E402
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(MOSQUITTO is None or OPENSSL is None, reason="needs mosquitto and openssl")
@@ -65,24 +65,22 @@ def tls_broker(pki: Path) -> Any:
         yield b
 
 
-def _service(tmp_path: Path, port: int, handler: Any = None, **mqtt: Any) -> Any:
-    from edgeverify.mqtt.service import MqttService
-
-    config = parse_config({"device_id": "tls1", "state_dir": str(tmp_path),
-                           "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 1,
-                                    "discovery_prefix": None, **mqtt}})
-    return MqttService(config, handler)
+def _config(tmp_path: Path, port: int, **mqtt: Any) -> Any:
+    return parse_config({"device_id": "tls1", "state_dir": str(tmp_path),
+                         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 1,
+                                  "discovery_prefix": None, **mqtt}})
 
 
 def test_mtls_with_client_certificate(tmp_path: Path, pki: Path, tls_broker: Broker, int8_verifier: Any,
-                                      speech_dir: Path) -> None:
-    from edgeverify.mqtt.handler import RequestHandler
+                                      speech_dir: Path, mqtt_adapter: Any) -> None:
+    from edgeverify.app.decisions import DecisionService
     from edgeverify.store.profiles import ProfileStore
 
-    service = _service(tmp_path, tls_broker.port, RequestHandler(int8_verifier, ProfileStore(tmp_path)),
-                       ca_file=str(pki / "ca.crt"), certfile=str(pki / "client.crt"), keyfile=str(pki / "client.key"))
+    config = _config(tmp_path, tls_broker.port, ca_file=str(pki / "ca.crt"), certfile=str(pki / "client.crt"),
+                     keyfile=str(pki / "client.key"))
+    service, run = mqtt_adapter(config, DecisionService(int8_verifier, ProfileStore(tmp_path)))
     stop = threading.Event()
-    worker = threading.Thread(target=service.run, args=(stop.is_set, lambda: None, 0.1), daemon=True)
+    worker = threading.Thread(target=run, args=(stop,), daemon=True)
     service.start()
     worker.start()
     hub = None
@@ -116,11 +114,14 @@ def test_tls_failures_log_their_cause_once(tmp_path: Path, pki: Path, tls_broker
     caplog.set_level(logging.INFO, logger="edgeverify")
     settings = {"ca_file": str(pki / "ca.crt"), **mqtt}
     settings["ca_file"] = str(pki / Path(settings["ca_file"]).name)
-    service = _service(tmp_path, tls_broker.port, **settings)
+    from edgeverify.app.counters import Counters
+    from edgeverify.mqtt.connection import MqttConnection
+
+    service = MqttConnection(_config(tmp_path, tls_broker.port, **settings), "edgeverify/tls1/availability", Counters())
     service.start()
     try:
         def lines() -> list[str]:
-            return [r.getMessage() for r in caplog.records if r.name == "edgeverify.mqtt.service"]
+            return [r.getMessage() for r in caplog.records if r.name == "edgeverify.mqtt.connection"]
 
         deadline = time.monotonic() + 30
         while not any(re.search(cause, m) for m in lines()) and time.monotonic() < deadline:

@@ -9,8 +9,9 @@ import pytest
 
 from edgeverify.mqtt.delivery import AckLedger, CachedReply, ReplyCache, request_key
 from edgeverify.errors import RequestError
-from edgeverify.mqtt.protocol import MAX_JSON_DEPTH, MAX_META_CHARS, Response, load_json, parse_request, salvage_meta
-from edgeverify.mqtt.topics import ReplyPolicy, filter_problem, matches, topic_problem
+from edgeverify.app.protocol import MAX_JSON_DEPTH, MAX_META_CHARS, Response, load_json, parse_request, salvage_meta
+from edgeverify.mqtt.topics import ReplyPolicy
+from edgeverify.topic_rules import filter_problem, matches, topic_problem
 
 
 @pytest.mark.parametrize("topic", ["a\x00b", "a\x01", "\x1f", "x\x7f", "\x85", "\x9f", "\ufffe", "\uffff",
@@ -81,7 +82,7 @@ def test_metadata_echo_is_safe() -> None:
                       "reply_to": 3.5, "first": {"name": "\udfff", "audio_b64": "AAAA"}}).encode()
     meta = salvage_meta(load_json(raw), {})
     assert len(meta["request_id"]) == MAX_META_CHARS and meta["reply_to"] is None  # a number is no topic
-    body = Response(ok=False, meta=meta, error_code="x").to_json("dev")  # lone surrogates escaped, not fatal
+    body = json.dumps(Response(ok=False, meta=meta, error_code="x").to_dict("dev")).encode()  # as published; lone surrogates escaped, not fatal
     assert json.loads(body)["requestor_id"] == "\ud800\x01"
     long_topic = {"type": "capture", "reply_to": "x" * 70_000}
     assert parse_request(json.dumps(long_topic).encode()).reply_to == "x" * 70_000  # refused later, never cut

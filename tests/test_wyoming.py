@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wyoming_stt import ERROR_TEXT, TEXT, StandInStt, stand_in_info  # noqa: E402
 
 from edgeverify.core.audio import resample  # noqa: E402
-from edgeverify.mqtt.handler import RequestHandler  # noqa: E402
+from edgeverify.app.decisions import DecisionService  # noqa: E402
 from edgeverify.store.profiles import ProfileStore  # noqa: E402
 from edgeverify.store.config import WyomingConfig  # noqa: E402
 from edgeverify.wyoming_stt.proxy import SpeakerIdProxy  # noqa: E402
@@ -56,14 +56,14 @@ def pcm16(path: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def handler(int8_verifier, speech_dir: Path, tmp_path_factory) -> RequestHandler:
+def handler(int8_verifier, speech_dir: Path, tmp_path_factory) -> DecisionService:
     from edgeverify.core.audio import read_audio
 
     store = ProfileStore(tmp_path_factory.mktemp("wyoming-state"))
     for name, (spk, clips) in ENROLL.items():
         embs = [int8_verifier.embed(read_audio(speech_dir / "dev" / spk / f"{c}.wav")) for c in clips]
         store.enroll(name, embs, clips, model="int8")
-    return RequestHandler(int8_verifier, store, max_audio_seconds=30.0)
+    return DecisionService(int8_verifier, store, max_audio_seconds=30.0)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def clips(speech_dir: Path) -> dict[str, bytes]:
 
 
 @contextlib.asynccontextmanager
-async def proxied(handler: RequestHandler, mode: str = "ok", **options: Any) -> AsyncIterator[tuple]:
+async def proxied(handler: DecisionService, mode: str = "ok", **options: Any) -> AsyncIterator[tuple]:
     stt = await StandInStt(mode).start()
     decisions: list[tuple[dict, str]] = []
     opts = {"stt_uri": stt.uri, **options}

@@ -345,7 +345,7 @@ async def pipelined(handler: Any, stranger: bytes, alice: bytes, options: Option
 def load_handler(model: str = "int8") -> Any:
     from edgeverify.core.audio import read_audio
     from edgeverify.core.verifier import Verifier
-    from edgeverify.mqtt.handler import RequestHandler
+    from edgeverify.app.decisions import DecisionService
     from edgeverify.store.profiles import ProfileStore
 
     verifier = Verifier.load(model)
@@ -354,7 +354,7 @@ def load_handler(model: str = "int8") -> Any:
     for name, spk, clips in (("alice", "vctk-p225", ("p225_008", "p225_011", "p225_016")),
                              ("bob", "vctk-p226", ("p226_003", "p226_008", "p226_016"))):
         store.enroll(name, [verifier.embed(read_audio(SPEECH / "dev" / spk / f"{c}.wav")) for c in clips])
-    return RequestHandler(verifier, store, max_audio_seconds=60.0)
+    return DecisionService(verifier, store, max_audio_seconds=60.0)
 
 
 def pcm16(path: Path) -> bytes:

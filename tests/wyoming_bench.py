@@ -103,7 +103,7 @@ def main() -> int:
     from broker import free_port
 
     from edgeverify.core.audio import read_audio
-    from edgeverify.mqtt.handler import RequestHandler
+    from edgeverify.app.decisions import DecisionService
     from edgeverify.store.profiles import ProfileStore
     from edgeverify.core.verifier import Verifier
 
@@ -112,7 +112,7 @@ def main() -> int:
     store = ProfileStore(tempfile.mkdtemp(prefix="wyoming-bench-"))
     for name, spk in (("alice", "vctk-p225"), ("bob", "vctk-p226")):
         store.enroll(name, [verifier.embed(read_audio(p)) for p in sorted((SPEECH / "dev" / spk).glob("*.wav"))[:3]])
-    handler = RequestHandler(verifier, store, max_audio_seconds=60)
+    handler = DecisionService(verifier, store, max_audio_seconds=60)
     for pcm in clips().values():  # the model's working memory at full size: the model's, not the proxy's
         handler.decide_samples(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768, "warm-up")
     before, _ = rss_mb()

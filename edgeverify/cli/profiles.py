@@ -9,7 +9,7 @@ from typing import Any
 _CONFIG_HELP = "config file for state_dir/model/threshold (default: $EDGEVERIFY_CONFIG or /etc/edgeverify/config.yaml; optional)"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=None, help="directory holding profiles/ (default: the config's state_dir)")
     parser.add_argument("--config", default=None, help=_CONFIG_HELP)
 
@@ -20,17 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("clips", nargs="+", metavar="CLIP", help="WAV/FLAC recordings of the speaker, a few seconds of speech each")
     p.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
     p.add_argument("--min-consistency", type=float, default=None, help="refuse a clip whose cosine to the others is below this (default 0.2)")
-    _common(p)
+    add_config_arguments(p)
     p.set_defaults(func=enroll)
 
     p = sub.add_parser("profiles", help="list enrolled speaker profiles")
     p.add_argument("--json", action="store_true", help="print a JSON array")
-    _common(p)
+    add_config_arguments(p)
     p.set_defaults(func=list_profiles)
 
     p = sub.add_parser("forget", help="delete a speaker profile")
     p.add_argument("name", help="profile name")
-    _common(p)
+    add_config_arguments(p)
     p.set_defaults(func=forget)
 
     p = sub.add_parser("identify", help="which enrolled speaker is this clip? (best profile and score, or unknown)")
@@ -39,11 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-far", type=float, default=None, metavar="F",
                    help="operating point: false-accept rate F per profile on the calibration trials (default: EER point)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _common(p)
+    add_config_arguments(p)
     p.set_defaults(func=identify)
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
+def open_config_and_store(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The config (optional file) and the profile store that --config/--state-dir name."""
     from ..store.config import load_config
     from ..store.profiles import MIN_CONSISTENCY, ProfileStore
 
@@ -53,23 +54,15 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     return config, store
 
 
-def _verifier(config: Any, threshold: Any = None, target_far: Any = None) -> Any:
-    from ..core.verifier import Verifier
-
-    if threshold is not None or target_far is not None:  # the command line replaces the config's operating point
-        return Verifier.load(config.model, threads=config.threads, threshold=threshold, score_mode=config.score,
-                             target_far=target_far)
-    return Verifier.load(config.model, threads=config.threads, threshold=config.threshold, score_mode=config.score,
-                         target_far=config.target_far)
-
-
 def enroll(args: argparse.Namespace) -> int:
     from ..store.enrollment import enroll as enroll_clips
     from ..store.profiles import check_name
 
+    from ..app.model import load_verifier
+
     check_name(args.name)
-    config, store = _setup(args)
-    report = enroll_clips(_verifier(config), store, args.name, args.clips, replace=args.replace)
+    config, store = open_config_and_store(args)
+    report = enroll_clips(load_verifier(config), store, args.name, args.clips, replace=args.replace)
     for clip in report.clips:
         print(clip.line())
     if report.error is not None:
@@ -83,7 +76,7 @@ def enroll(args: argparse.Namespace) -> int:
 
 
 def list_profiles(args: argparse.Namespace) -> int:
-    _, store = _setup(args)
+    _, store = open_config_and_store(args)
     profiles = store.list()
     if args.json:
         print(json.dumps([{"name": p.name, "clips": p.clips, "created": p.created, "model": p.model} for p in profiles]))
@@ -96,17 +89,18 @@ def list_profiles(args: argparse.Namespace) -> int:
 
 
 def forget(args: argparse.Namespace) -> int:
-    _, store = _setup(args)
+    _, store = open_config_and_store(args)
     store.forget(args.name)  # UnknownProfileError -> exit 2
     print(f"forgot {args.name}")
     return 0
 
 
 def identify(args: argparse.Namespace) -> int:
+    from ..app.model import load_verifier
     from ..core.audio import read_audio
 
-    config, store = _setup(args)
-    verifier = _verifier(config, args.threshold, getattr(args, "target_far", None))
+    config, store = open_config_and_store(args)
+    verifier = load_verifier(config, args.threshold, getattr(args, "target_far", None))
     test = verifier.prepare(read_audio(args.clip))
     best, d, scores = verifier.identify(test, store.sides(verifier.scorer))
     if args.json:

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from .profiles import _common, _setup, _verifier
+from .profiles import add_config_arguments, open_config_and_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reject-unknown", action="store_true", default=None, help="unknown speaker: return an empty transcript")
     p.add_argument("--tag", default=None, metavar="FORMAT", help='tag the transcript, e.g. "{speaker}: {text}" ("off" disables)')
     p.add_argument("--threshold", type=float, default=None, help="minimum score to name a speaker (default: the model's)")
-    _common(p)
+    add_config_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -33,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..store.config import tag_format, wyoming_uri
-    from ..mqtt.handler import RequestHandler
+    from ..app.decisions import DecisionService
+    from ..app.model import load_verifier
     from ..wyoming_stt.proxy import SpeakerIdProxy, serve
 
-    config, store = _setup(args)
+    config, store = open_config_and_store(args)
     w = config.wyoming
     if args.uri is not None:
         w.uri = wyoming_uri("--uri", args.uri)
@@ -46,14 +47,13 @@ def run(args: argparse.Namespace) -> int:
         w.reject_unknown = True
     if args.tag is not None:
         w.tag_transcript = tag_format("--tag", args.tag)
-    verifier = _verifier(config, args.threshold)
-    verifier.warm_up()
-    handler = RequestHandler(verifier, store, config.limits.max_audio_seconds)
+    verifier = load_verifier(config, args.threshold, warm_up=True)
+    service = DecisionService(verifier, store, config.limits.max_audio_seconds)
 
     def print_decision(body: dict, source: str) -> None:
         print(json.dumps(body, ensure_ascii=False), flush=True)
 
-    proxy = SpeakerIdProxy(handler, w, print_decision, device_id=config.device_id)
+    proxy = SpeakerIdProxy(service, w, print_decision, device_id=config.device_id)
     if not getattr(args, "debug", False):
         logging.getLogger().setLevel(logging.INFO)  # a foreground service: say what it does
     print(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import __version__
-from .protocol import now_iso
+from ..app.protocol import now_iso
 
 ORIGIN_NAME = "edgeverify"
 SUPPORT_URL = "https://github.com/edgeverify/edgeverify#home-assistant"
@@ -123,9 +123,11 @@ def _entity(t: Topics, platform: str, key: str, name: str, legacy: bool = False,
     return {"p": platform, "name": name, "unique_id": uid, "default_entity_id": eid, **options}
 
 
-def device_discovery(t: Topics, model_name: str, admin_entities: bool) -> dict[str, Any]:
+def device_discovery(t: Topics, model_name: str, admin_entities: bool, max_utterances: int = 10) -> dict[str, Any]:
     """The device-based discovery payload. admin_entities: the enroll-from-HA text/number/button/sensor
-    (only when admin requests and the microphone are enabled; otherwise they are listed as removals)."""
+    (only when admin requests and the microphone are enabled; otherwise they are listed as removals).
+    max_utterances: the enroll-utterances number's maximum, which is admin.max_clips (the limit the
+    device enforces), so HA never offers a value the device refuses or refuses one it would take."""
     diag = {"entity_category": "diagnostic", "state_topic": t.diagnostics}
     cmps: dict[str, dict[str, Any]] = {
         # unique_ids of 0.1's entities are kept, so HA keeps their entity ids; the component keys differ
@@ -174,7 +176,7 @@ def device_discovery(t: Topics, model_name: str, admin_entities: bool) -> dict[s
         ),
         "enroll_utterances": _entity(
             t, "number", "enroll_utterances", "Enroll utterances", command_topic=t.ha_enroll_utterances,
-            state_topic=t.ha_enroll_state, value_template="{{ value_json.utterances }}", min=1, max=10, step=1,
+            state_topic=t.ha_enroll_state, value_template="{{ value_json.utterances }}", min=1, max=max_utterances, step=1,
             mode="box", entity_category="config",
         ),
         "enroll": _entity(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import ConfigError
-from ..mqtt.topics import filter_problem, topic_problem
+from ..topic_rules import filter_problem, topic_problem
 from ..core.vad import DEFAULT_VAD_MODE, VAD_MODES
 from ..core.vad import VadConfig
 from ..core.scoring import DEFAULT_SCORE_MODE, FAR_MAX, FAR_MIN, SCORE_MODES

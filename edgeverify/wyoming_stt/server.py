@@ -18,8 +18,8 @@ import numpy as np
 
 from ..core.audio import TARGET_RATE
 from ..errors import AudioError, ConfigError, EdgeVerifyError, ProfileError
-from ..mqtt.handler import RequestHandler
-from ..mqtt.protocol import Response, error_response
+from ..app.decisions import DecisionService
+from ..app.protocol import Response, error_response
 from .admission import Admission, GatedProtocol
 from .work import EmbedQueue
 from .wire import MAX_LINE_BYTES, Event
@@ -41,7 +41,7 @@ def transcript_digest(text: str) -> str:
 class SpeakerIdProxy:
     """Serves Wyoming clients; one model shared with the rest of the process through `handler`."""
 
-    def __init__(self, handler: RequestHandler, config: Any, on_decision: Optional[DecisionCallback] = None,
+    def __init__(self, handler: DecisionService, config: Any, on_decision: Optional[DecisionCallback] = None,
                  device_id: str = "edgeverify") -> None:
         """config: the `wyoming:` config section (store.config.WyomingConfig), read as it is."""
         if Event is None:

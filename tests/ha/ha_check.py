@@ -37,10 +37,10 @@ sys.path.insert(0, str(HERE))
 
 from broker import Broker, Hub, free_port  # noqa: E402
 from ha_config import write_config  # noqa: E402
-from test_daemon import DaemonProcess, _ask  # noqa: E402
+from daemon_process import DaemonProcess, ask  # noqa: E402
 
 from edgeverify.mqtt.ha_discovery import NO_MATCH  # noqa: E402
-from edgeverify.mqtt.protocol import encode_request  # noqa: E402
+from edgeverify.app.protocol import encode_request  # noqa: E402
 
 DEV = "hacheck"
 SPEECH = Path(os.environ.get("EDGEVERIFY_SPEECH_DIR", REPO.parent / "shared" / "data" / "speech")) / "dev"
@@ -214,7 +214,7 @@ def main() -> int:
             ]
             fired = []
             for payload, expected in steps:
-                r = _ask(hub, f"{base}/request", payload, timeout=30)
+                r = ask(hub, f"{base}/request", payload, timeout=30)
                 assert r["ok"], r
                 seen = wait_for(f"HA's event entity to fire for {r['request_id']}",
                                 lambda: shown.entities.get(event, {}).get("request_id") == r["request_id"] and shown.entities[event], 20)

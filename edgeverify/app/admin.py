@@ -22,7 +22,8 @@ from ..store.config import AdminConfig
 from ..store.enrollment import EnrollmentReport, enroll
 from ..errors import AdminDisabledError, EdgeVerifyError, RequestError
 from ..store.profiles import check_name
-from .protocol import META_FIELDS, Clip, RequestMeta, Response, _clip, _opt_str, error_response, meta_fields, typed_object
+from .decisions import DecisionService
+from .protocol import META_FIELDS, Clip, RequestMeta, Response, error_response, meta_fields, opt_str, parse_clip, typed_object
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class AdminRequest(RequestMeta):
 def parse_admin_request(payload: bytes, max_clips: int) -> AdminRequest:
     """RequestError for anything malformed (never another exception)."""
     obj, kind = typed_object(payload, ADMIN_TYPES, "admin 'type'")  # bounded parse, bad type quoted cut short
-    req = AdminRequest(type=kind, **meta_fields(obj), name=_opt_str(obj, "name"))
+    req = AdminRequest(type=kind, **meta_fields(obj), name=opt_str(obj, "name"))
     if kind in ("enroll", "forget"):
         if not req.name:
             raise RequestError(f"'name' is required for {kind}")
@@ -72,15 +73,15 @@ def parse_admin_request(payload: bytes, max_clips: int) -> AdminRequest:
         return req
     if not isinstance(clips, list) or not 1 <= len(clips) <= max_clips:
         raise RequestError(f"'clips' must be a list of 1-{max_clips} clips")
-    req.clips = [_clip({"clip": c}, "clip") for c in clips]
+    req.clips = [parse_clip({"clip": c}, "clip") for c in clips]
     return req
 
 
 class AdminHandler:
-    """Carries out admin requests with the daemon's own model, store and microphone (the RequestHandler's)."""
+    """Carries out admin requests with the daemon's own model, store and microphone (the decision service's)."""
 
-    def __init__(self, handler: Any, config: AdminConfig) -> None:
-        self.handler = handler  # RequestHandler: .verifier, .store, .microphone, .max_audio_seconds
+    def __init__(self, service: DecisionService, config: AdminConfig) -> None:
+        self.service = service  # its verifier, store, microphone and max_audio_seconds, as they are at each call
         self.config = config
 
     def check_enabled(self, req_meta: str) -> None:
@@ -92,20 +93,20 @@ class AdminHandler:
         """enroll from clips, forget, list (the microphone part of an enroll is record() + enroll_samples())."""
         try:
             if req.type == "list":
-                profiles = self.handler.store.list()
+                profiles = self.service.store.list()
                 result: dict[str, Any] = {"profiles": [
                     {"name": p.name, "clips": p.clips, "created": p.created, "model": p.model} for p in profiles
                 ]}
                 return self._done(req, Response(ok=True, meta=req.meta(), result=result))
             if req.type == "forget":
                 assert req.name is not None
-                self.handler.store.forget(req.name)  # UnknownProfileError -> error reply
+                self.service.store.forget(req.name)  # UnknownProfileError -> error reply
                 return self._done(req, Response(ok=True, meta=req.meta(), result={"forgotten": req.name}))
             assert req.name is not None
             report = enroll(
-                self.handler.verifier, self.handler.store, req.name, [c.data for c in req.clips],
+                self.service.verifier, self.service.store, req.name, [c.data for c in req.clips],
                 clip_names=[c.name for c in req.clips], replace=req.replace,
-                max_seconds=self.handler.max_audio_seconds,
+                max_seconds=self.service.max_audio_seconds,
             )
             return self._done(req, self._enroll_response(req, report))
         except EdgeVerifyError as exc:
@@ -113,7 +114,7 @@ class AdminHandler:
 
     def record(self, req: AdminRequest) -> list[np.ndarray]:
         """Blocking: the next req.utterances utterances from the running microphone (run it off the worker)."""
-        mic = self.handler.microphone
+        mic = self.service.microphone
         if mic is None:
             raise RequestError("enrolling from the microphone needs microphone.enabled: true (and a working device)")
         n = int(req.utterances or 0)
@@ -124,10 +125,10 @@ class AdminHandler:
         assert req.name is not None
         try:
             audios = [
-                audio_from_array(u, TARGET_RATE, name=f"utterance {i + 1}", max_seconds=self.handler.max_audio_seconds)
+                audio_from_array(u, TARGET_RATE, name=f"utterance {i + 1}", max_seconds=self.service.max_audio_seconds)
                 for i, u in enumerate(utterances)
             ]
-            report = enroll(self.handler.verifier, self.handler.store, req.name, audios, replace=req.replace)
+            report = enroll(self.service.verifier, self.service.store, req.name, audios, replace=req.replace)
             return self._done(req, self._enroll_response(req, report))
         except EdgeVerifyError as exc:
             return self._done(req, error_response(req.meta(), exc.code, exc.message))

@@ -1,37 +1,63 @@
-"""Turns protocol requests (and microphone utterances) into calls on the core; knows nothing of MQTT."""
+"""The decision service every source calls: MQTT requests, microphone utterances, Wyoming, admin.
+
+It turns a request (or live samples) into calls on the core -- read the audio, embed, score against the
+profiles, decide -- and answers with a protocol.Response or a result dict. It knows no transport: the
+adapters (mqtt, microphone, wyoming_stt) call it, and the daemon (or a CLI command) builds it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
 from ..core.audio import TARGET_RATE, Audio, audio_from_array, read_audio
-from ..errors import RequestError
+from ..core.verifier import Verifier
+from ..errors import AudioError, ProfileError, RequestError
 from ..store.profiles import ProfileStore
 from .protocol import Clip, Request, Response
-from ..core.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
 
-class RequestHandler:
+class Microphone(Protocol):
+    """What the service needs of a live microphone (microphone.listener.MicrophoneListener is one)."""
+
+    def capture_once(self, seconds: Optional[float] = None) -> np.ndarray: ...
+
+    def capture_utterances(self, count: int, timeout: float) -> list[np.ndarray]: ...
+
+
+class DecisionService:
     def __init__(
         self,
         verifier: Verifier,
         store: ProfileStore,
         max_audio_seconds: float = 60.0,
-        microphone: Any = None,
-        mic_mode: str = "identify",
+        mic_profile: Optional[str] = None,
+        mic_rate: int = TARGET_RATE,
     ) -> None:
         self.verifier = verifier
         self.store = store
         self.max_audio_seconds = max_audio_seconds
-        self.microphone = microphone  # MicrophoneListener or None
-        self.mic_mode = mic_mode
-        self.mic_rate = TARGET_RATE  # the microphone's capture rate: 8 kHz captures are scored as telephone band
+        self.microphone: Optional[Microphone] = None  # attach_microphone(): capture requests, enrolling by voice
+        self.mic_profile = mic_profile  # microphone.mode verify:<profile> (parsed once, by the config); None: identify
+        self.mic_rate = mic_rate  # the microphone's capture rate: 8 kHz captures are scored as telephone band
+
+    def attach_microphone(self, microphone: Optional[Microphone]) -> None:
+        """The running microphone (None when it stopped): `capture` requests and enrolling by voice use it."""
+        self.microphone = microphone
+
+    def reconfigure(self, verifier: Optional[Verifier] = None, max_audio_seconds: Optional[float] = None,
+                    mic_profile: Optional[str] = None) -> None:
+        """A reload: a new model (None: keep), the audio limit and the microphone's identify/verify mode."""
+        if verifier is not None:
+            self.verifier = verifier
+        if max_audio_seconds is not None:
+            self.max_audio_seconds = max_audio_seconds
+        self.mic_profile = mic_profile
 
     def _audio(self, clip: Clip) -> Audio:
         return read_audio(clip.data, name=clip.name, max_seconds=self.max_audio_seconds)
@@ -85,12 +111,9 @@ class RequestHandler:
 
     def utterance(self, samples: np.ndarray) -> Optional[Response]:
         """A microphone utterance: identify or verify per microphone.mode; None when not speech enough."""
-        from ..errors import AudioError, ProfileError
-
         meta: dict[str, Any] = {"type": "microphone", "first_file": "microphone"}
-        profile = self.mic_mode.split(":", 1)[1] if self.mic_mode.startswith("verify:") else None
         try:
-            result = self.decide_samples(samples, "microphone", profile, source_rate=self.mic_rate)
+            result = self.decide_samples(samples, "microphone", self.mic_profile, source_rate=self.mic_rate)
         except AudioError as exc:
             log.info("microphone utterance skipped: %s", exc.message)
             return None

@@ -1,4 +1,5 @@
-"""Request/response messages of the MQTT API and their JSON form; no MQTT client code here.
+"""Request/response messages of the decision service and their JSON form (the MQTT API's, and what
+Wyoming and the microphone answer with); no transport code here.
 
 Two request forms:
   * JSON on <prefix>/<device>/request: {"type": ..., "request_id": ..., "first": {"name", "audio_b64"}, ...}
@@ -77,7 +78,7 @@ class Request(RequestMeta):
         }
 
 
-def _opt_str(obj: Mapping[str, Any], key: str) -> Optional[str]:
+def opt_str(obj: Mapping[str, Any], key: str) -> Optional[str]:
     v = obj.get(key)
     if v is None:
         return None
@@ -88,7 +89,7 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> Optional[str]:
 
 def meta_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The echoed metadata (strings, cut) and reply_to (a string, never cut: a cut topic is another topic)."""
-    fields: dict[str, Any] = {k: _opt_str(obj, k) for k in META_FIELDS}
+    fields: dict[str, Any] = {k: opt_str(obj, k) for k in META_FIELDS}
     reply_to = obj.get("reply_to")
     if reply_to is not None and not isinstance(reply_to, str):
         raise RequestError("'reply_to' must be a string (an MQTT topic)")
@@ -138,7 +139,7 @@ def load_json(payload: bytes) -> Any:
         raise RequestError("payload is not valid JSON") from None
 
 
-def _opt_float(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> Optional[float]:
+def opt_float(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> Optional[float]:
     v = obj.get(key)
     if v is None:
         return None
@@ -154,13 +155,13 @@ def _opt_float(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> Option
 def _target_far(obj: Mapping[str, Any], threshold: Optional[float]) -> Optional[float]:
     from ..core.scoring import FAR_MAX, FAR_MIN
 
-    far = _opt_float(obj, "target_far", FAR_MIN, FAR_MAX)
+    far = opt_float(obj, "target_far", FAR_MIN, FAR_MAX)
     if far is not None and threshold is not None:
         raise RequestError("give either 'threshold' or 'target_far', not both")
     return far
 
 
-def _clip(obj: Mapping[str, Any], key: str) -> Clip:
+def parse_clip(obj: Mapping[str, Any], key: str) -> Clip:
     c = obj.get(key)
     if not isinstance(c, Mapping):
         raise RequestError(f"'{key}' must be an object {{\"name\": ..., \"audio_b64\": ...}}")
@@ -191,14 +192,14 @@ def parse_request(payload: Union[bytes, Mapping[str, Any]]) -> Request:
     """A JSON request (bytes, or the object load_json made of them, so that a caller parses only once);
     RequestError for anything malformed (never another exception)."""
     obj, kind = typed_object(payload, REQUEST_TYPES)
-    req = Request(type=kind, **meta_fields(obj), profile=_opt_str(obj, "profile"))
-    req.threshold = _opt_float(obj, "threshold", -1.0, 1.0)
+    req = Request(type=kind, **meta_fields(obj), profile=opt_str(obj, "profile"))
+    req.threshold = opt_float(obj, "threshold", -1.0, 1.0)
     req.target_far = _target_far(obj, req.threshold)
-    req.seconds = _opt_float(obj, "seconds", 0.5, 60.0)
+    req.seconds = opt_float(obj, "seconds", 0.5, 60.0)
     if kind in ("verify", "verify_profile", "identify"):
-        req.first = _clip(obj, "first")
+        req.first = parse_clip(obj, "first")
     if kind == "verify":
-        req.second = _clip(obj, "second")
+        req.second = parse_clip(obj, "second")
     if kind == "verify_profile" and not req.profile:
         raise RequestError("'profile' is required for verify_profile")
     return req
@@ -208,8 +209,8 @@ def parse_raw_request(kind: str, payload: bytes, props: Mapping[str, str]) -> Re
     """Raw audio bytes on request/<kind>; metadata from v5 user properties."""
     if kind not in RAW_TYPES:
         raise RequestError(f"raw audio requests go to request/identify or request/verify_profile, not {_shown(kind)}")
-    req = Request(type=kind, **meta_fields(props), profile=_opt_str(props, "profile"))
-    req.threshold = _opt_float(props, "threshold", -1.0, 1.0)
+    req = Request(type=kind, **meta_fields(props), profile=opt_str(props, "profile"))
+    req.threshold = opt_float(props, "threshold", -1.0, 1.0)
     req.target_far = _target_far(props, req.threshold)
     req.first = Clip(name=_cut(props.get("name") or "audio"), data=bytes(payload))
     if kind == "verify_profile" and not req.profile:
@@ -277,9 +278,6 @@ class Response:
         if self.elapsed_ms is not None:
             d["elapsed_ms"] = round(self.elapsed_ms, 1)
         return d
-
-    def to_json(self, device_id: str) -> bytes:
-        return json.dumps(self.to_dict(device_id)).encode("utf-8")
 
 
 def error_response(meta: dict[str, Any], code: str, message: str, elapsed_ms: Optional[float] = None) -> Response:
