@@ -17,7 +17,7 @@ pytest.importorskip("wyoming")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import wyoming_attacks as attacks  # noqa: E402
 from wyoming_stt import TEXT  # noqa: E402
-from test_wyoming import clips, handler  # noqa: E402,F401  (module fixtures: the real model, two profiles)
+from wyoming_helpers import clips, handler  # noqa: E402,F401  (module fixtures: the real model, two profiles)
 
 pytestmark = pytest.mark.slow
 

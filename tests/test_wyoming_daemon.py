@@ -17,7 +17,7 @@ pytest.importorskip("wyoming")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO, Broker, Hub, free_port  # noqa: E402
 from daemon_process import DaemonProcess  # noqa: E402
-from test_wyoming import pcm16, stream  # noqa: E402
+from wyoming_helpers import pcm16, stream  # noqa: E402
 from wyoming_stt import TEXT, StandInStt  # noqa: E402
 
 pytestmark = [

@@ -16,13 +16,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ..core.audio import TARGET_RATE
-from ..errors import AudioError, ConfigError, EdgeVerifyError, ProfileError
 from ..app.decisions import DecisionService
 from ..app.protocol import Response, error_response
+from ..core.audio import TARGET_RATE
+from ..errors import AudioError, ConfigError, EdgeVerifyError, ProfileError
 from .admission import Admission, GatedProtocol
-from .work import EmbedQueue
+from .session import Session
 from .wire import MAX_LINE_BYTES, Event
+from .work import EmbedQueue
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ class SpeakerIdProxy:
             log.warning("wyoming: %d clients connected; refusing another", len(self.sessions))
             await self.admission.refuse_busy(reader, writer, f"{len(self.sessions)} clients connected; retry later")
             return
-        from .session import Session
-
         session = Session(self, reader, writer)
         self.sessions.add(session)
         try:

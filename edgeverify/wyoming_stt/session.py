@@ -8,16 +8,32 @@ import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional, Protocol
 
+import numpy as np
+
+from ..app.decisions import DecisionService
 from ..core.audio import TARGET_RATE
 from ..core.audio_stream import StreamConverter, check_format
 from ..errors import AudioError, EdgeVerifyError, WyomingError
-from .work import QueueFull
 from .wire import Event, async_write_event, error_event, open_uri, read_event
+from .work import EmbedQueue, QueueFull
 
-if TYPE_CHECKING:
-    from .server import SpeakerIdProxy
+
+class SessionHost(Protocol):
+    """What a session needs of the server that accepted it (server.SpeakerIdProxy): the session never
+    imports the server, so the two modules stay one-way (server -> session)."""
+
+    config: Any  # the wyoming config section
+    handler: DecisionService
+    work: EmbedQueue
+    last_timing: dict[str, float]
+
+    def decide(self, samples: np.ndarray, error: Optional[EdgeVerifyError], request_id: Optional[str]) -> dict: ...
+
+    def publish(self, body: dict, transcript: Optional[str]) -> None: ...
+
+    def transcript_text(self, text: str, decision: Optional[dict]) -> str: ...
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +103,7 @@ class _Downstream:
 class Session:
     """One client connection."""
 
-    def __init__(self, proxy: "SpeakerIdProxy", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, proxy: SessionHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.proxy = proxy
         self.opts = proxy.config
         self.reader, self.writer = reader, writer
