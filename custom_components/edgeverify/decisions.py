@@ -106,7 +106,7 @@ def parse_event(payload: Any, device: str, received: float) -> tuple[Optional[De
         speaker = _name(body.get("profile")) or _name(body.get("speaker"))
         if speaker is None:
             return None, "verified without a valid profile name"
-    source = body.get("source") if body.get("source") in SOURCES else None
+    source = body.get("source") if isinstance(body.get("source"), str) and body["source"] in SOURCES else None
     scores = body.get("scores")
     named = [speaker, *(list(scores)[:MAX_SCORES] if isinstance(scores, dict) else [])]
     voices = tuple(dict.fromkeys(n for n in map(_name, named) if n is not None))

@@ -270,6 +270,7 @@ def test_08_hostile_payloads_change_nothing(env: Env) -> None:
         json.dumps({**good, "utterance": {"transcript_sha256": sha.upper(), "at": time.time()}}).encode(),
         json.dumps({**good, "utterance": {"transcript_sha256": sha, "at": "now"}}).encode(),
         json.dumps({**good, "utterance": [sha, time.time()]}).encode(),
+        json.dumps({**good, "source": {"x": 1}, "utterance": {"transcript_sha256": "0" * 64, "at": time.time()}}).encode(),
         json.dumps({**good, "event_type": ["identified"], "utterance": {"transcript_sha256": sha, "at": time.time()}}).encode(),
         json.dumps({**good, "score": "high", "threshold": None, "utterance": {"transcript_sha256": sha, "at": 1e999}}).encode(),
         json.dumps({**good, "scores": {f"n{i}": i for i in range(3000)}}).encode(),
@@ -289,8 +290,10 @@ def test_08_hostile_payloads_change_nothing(env: Env) -> None:
 
 def test_09_heard_sensor_turns_on_and_off_by_itself(env: Env) -> None:
     sensor = "binary_sensor.edgeverify_bob_heard"
+    before = env.ha.state(sensor)["attributes"].get("last_heard")
     env.decide("kitchen", "bob", source="microphone")  # any recognised decision counts, not only Assist
-    on = wait_for("Bob heard = on", lambda: (s := env.ha.state(sensor)) and s["state"] == "on" and s, 10)
+    on = wait_for("Bob heard = on", lambda: (s := env.ha.state(sensor)) and s["state"] == "on"
+                  and s["attributes"].get("last_heard") != before and s, 10)
     assert on["attributes"]["voice"] == "bob" and on["attributes"]["device"] == "kitchen", on
     since = time.monotonic()
     off = wait_for("Bob heard = off", lambda: (s := env.ha.state(sensor)) and s["state"] == "off" and s, HEARD_FOR_S + 10)
