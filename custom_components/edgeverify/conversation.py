@@ -53,7 +53,6 @@ class VoiceAgent(conversation.ConversationEntity):
 
     _attr_has_entity_name = True
     _attr_name = None
-    _attr_supports_streaming = False
 
     def __init__(self, entry: EdgeverifyConfigEntry) -> None:
         self.entry = entry
@@ -77,6 +76,14 @@ class VoiceAgent(conversation.ConversationEntity):
             return conversation.ConversationEntityFeature(int(state.attributes.get("supported_features", 0)) if state else 0)
         except (TypeError, ValueError):
             return conversation.ConversationEntityFeature(0)
+
+    @property
+    def supports_streaming(self) -> bool:
+        """As the wrapped agent: it writes into the pipeline's chat log, which streams to TTS (HA >= 2025.7)."""
+        agent = self.runtime.settings.agent_id
+        if self.hass is None or agent == self.entity_id or _DEPTH.get() > 0:
+            return False
+        return bool(getattr(conversation.async_get_agent_info(self.hass, agent), "supports_streaming", False))
 
     @property
     def extra_state_attributes(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make .venv-ha/: a Home Assistant Core for the companion integration's real-HA test (tests/ha_companion/run.sh).
 #
-#   tests/ha_companion/setup_ha.sh                      # HA_VERSION default below; .venv-ha in the repo root
+#   tests/ha_companion/setup_ha.sh                      # .venv-ha in the repo root, HA_VERSION default below
+#                                                       # (an existing ready venv is kept when HA_VERSION is unset)
 #   HA_VERSION=2025.4.4 tests/ha_companion/setup_ha.sh  # any release that installs on the Python found
 #   HA_VENV=/elsewhere HA_BASE_PYTHON=/usr/bin/python3.13 tests/ha_companion/setup_ha.sh
 #
@@ -12,8 +13,12 @@
 # Idempotent: a venv that already has that HA version is kept. Takes 1-3 minutes on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-HA_VERSION=${HA_VERSION:-2026.2.3}
 HA_VENV=${HA_VENV:-.venv-ha}
+if [ -z "${HA_VERSION:-}" ] && [ -f "$HA_VENV/.edgeverify-ready" ]; then  # no version asked: keep what is there
+    echo "$HA_VENV: Home Assistant $("$HA_VENV/bin/python" -c 'import homeassistant.const as c; print(c.__version__)') ready"
+    exit 0
+fi
+HA_VERSION=${HA_VERSION:-2026.2.3}  # the newest HA whose dependencies install on Python 3.13 (2026.3 needs 3.14)
 base=${HA_BASE_PYTHON:-}
 if [ -z "$base" ]; then  # the newest Python >= 3.13 that runs (a pyenv shim may exist for one that is not active)
     for cand in python3.14 python3.13 $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[34]*/bin/python3 2>/dev/null | sort -rV); do
