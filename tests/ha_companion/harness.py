@@ -236,5 +236,10 @@ class HA:
             raise
 
     def log_lines(self) -> list[str]:
-        f = self.config_dir / "home-assistant.log"
-        return f.read_text(errors="replace").splitlines() if f.exists() else []
+        """This run's log and the one before it (HA keeps the previous run's as home-assistant.log.1)."""
+        lines: list[str] = []
+        for name in ("home-assistant.log.1", "home-assistant.log"):
+            f = self.config_dir / name
+            if f.exists():
+                lines += f.read_text(errors="replace").splitlines()
+        return lines

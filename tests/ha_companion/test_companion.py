@@ -59,6 +59,7 @@ class Env:
         self.broker, self.ha, self.users, self.work = broker, ha, users, work
         self.hub = Hub(broker.port)
         self.hub.subscribe("hatest/answer")
+        self.hub.subscribe("homeassistant/status")
         self.entry_id = ""
 
     # -- the device side --------------------------------------------------------------------------
@@ -109,6 +110,13 @@ class Env:
         user, prompt = speech[len("user="):].split("|prompt=", 1)
         return user, prompt
 
+    def start_ha(self) -> None:
+        """Start HA and wait until its MQTT client has subscribed (its birth message comes after that; the
+        REST API says RUNNING earlier, and a message published before the subscriptions is lost)."""
+        self.ha.start()
+        self.ha.wait_running()
+        self.hub.wait(lambda m: m.topic == "homeassistant/status" and m.payload == b"online", timeout=60)
+
     def flow(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.ha.post(path, body)
 
@@ -131,9 +139,8 @@ def env(request: pytest.FixtureRequest) -> Any:
             "cmps": {"t": {"p": "sensor", "unique_id": "lamp1_t", "state_topic": "z2m/lamp1"}}}).encode(), retain=True)
         e.raw("edgeverify/not a device/availability", b"online", retain=True)
         started = time.monotonic()
-        ha.start()
         try:
-            ha.wait_running()
+            e.start_ha()
             print(f"\nHome Assistant Core {ha_version()} running after {time.monotonic() - started:.1f} s ({work})")
             yield e
         finally:
@@ -320,7 +327,19 @@ def test_11_refuse_unknown_voices(env: Env) -> None:
     assert env.who()[0] == env.users["alice"]
 
 
-def test_12_no_warnings_from_integrations(env: Env) -> None:
+def test_12_restart_keeps_setup_and_last_heard(env: Env) -> None:
+    sensor = "binary_sensor.edgeverify_alice_heard"
+    before = env.ha.state(sensor)["attributes"]["last_heard"]
+    assert before
+    env.ha.stop()
+    env.start_ha()
+    after = wait_for("Alice heard after the restart", lambda: (s := env.ha.state(sensor)) and s["state"] != "unavailable" and s, 30)
+    assert after["attributes"]["last_heard"] == before, (before, after)
+    env.decide("kitchen", "alice", "who am i")
+    assert env.who()[0] == env.users["alice"]
+
+
+def test_13_no_warnings_from_integrations(env: Env) -> None:
     """WARNING/ERROR lines from HA's integrations or ours (HA's own notices about a custom integration and
     about --skip-pip come from its loader and bootstrap, not from an integration)."""
     lines = env.ha.log_lines()
