@@ -175,11 +175,12 @@ class Runtime:
             except TimeoutError:
                 pass
 
-    def person_user(self, person: str) -> tuple[Optional[str], str]:
-        """(user id, display name) of a person entity; no user id when the person has no HA user."""
+    def person_user(self, person: str) -> Optional[tuple[Optional[str], str]]:
+        """(user id, display name) of a person entity (no user id when the person has no HA user), or None
+        when HA has no such person (deleted since it was mapped)."""
         state = self.hass.states.get(person)
         if state is None:
-            return None, person
+            return None
         user = state.attributes.get("user_id")
         return (user if isinstance(user, str) and user else None), str(state.attributes.get("friendly_name") or state.name)
 

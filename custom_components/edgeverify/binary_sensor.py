@@ -24,8 +24,10 @@ from .decisions import Decision
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: EdgeverifyConfigEntry, async_add_entities: AddEntitiesCallback) -> None:
-    persons = sorted(set(entry.runtime_data.settings.voices.values()))
-    async_add_entities([PersonHeard(entry, person, entry.runtime_data.person_user(person)[1]) for person in persons])
+    runtime = entry.runtime_data
+    persons = sorted(set(runtime.settings.voices.values()))
+    async_add_entities([PersonHeard(entry, p, found[1] if (found := runtime.person_user(p)) else p.split(".", 1)[-1])
+                        for p in persons])
 
 
 class PersonHeard(BinarySensorEntity, RestoreEntity):

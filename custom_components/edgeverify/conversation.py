@@ -87,7 +87,7 @@ class VoiceAgent(conversation.ConversationEntity):
 
     @property
     def extra_state_attributes(self) -> dict[str, Any]:
-        return {"wrapped_agent": self.runtime.settings.agent_id}
+        return {"wrapped_agent": self.runtime.settings.agent_id, "ignored_messages": self.runtime.ignored}
 
     async def async_process(self, user_input: conversation.ConversationInput) -> conversation.ConversationResult:
         settings = self.runtime.settings
@@ -100,8 +100,9 @@ class VoiceAgent(conversation.ConversationEntity):
         else:
             match = await self.runtime.async_match(user_input.text)
             person = settings.voices.get(match.decision.speaker or "") if match.decision else None
-            if match.decision is not None and person:
-                user_id, name = self.runtime.person_user(person)
+            found = self.runtime.person_user(person) if person else None
+            if match.decision is not None and found is not None:
+                user_id, name = found
                 _LOGGER.debug("voice %s (device %s) -> %s (user %s)", match.decision.speaker, match.decision.device, person, user_id)
                 context = Context(user_id=user_id, parent_id=user_input.context.id)
                 extra = self._prompt(user_input, speaker_line(name))

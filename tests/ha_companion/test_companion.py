@@ -319,9 +319,14 @@ def test_10_logged_in_user_is_kept(env: Env) -> None:
 
 
 def test_11_refuse_unknown_voices(env: Env) -> None:
+    form = env.flow("/api/config/config_entries/options/flow", {"handler": env.entry_id})
+    itself = env.flow(f"/api/config/config_entries/options/flow/{form['flow_id']}", {**SETTINGS, "agent_id": AGENT})
+    assert itself["type"] == "form" and itself["errors"] == {"agent_id": "invalid_agent"}, itself  # not itself
     _options(env, {**SETTINGS, "unknown_voice": "refuse"},
-             {"alice": "person.alice", "bob": "person.bob", "carol": "person.carol"})
+             {"alice": "person.alice", "bob": "person.bob", "carol": "person.carol", "dave": "person.ghost"})
     env.decide("kitchen", None, "who am i")
+    assert env.converse("who am i") == "Sorry, I don't know your voice."
+    env.decide("kitchen", "dave", "who am i")  # mapped to a person HA no longer has
     assert env.converse("who am i") == "Sorry, I don't know your voice."
     env.decide("kitchen", "alice", "who am i")
     assert env.who()[0] == env.users["alice"]
