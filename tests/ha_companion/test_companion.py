@@ -64,10 +64,14 @@ class Env:
 
     # -- the device side --------------------------------------------------------------------------
 
-    def announce(self, device: str, discovery: bool) -> None:
+    def announce(self, device: str, discovery: bool, voices: tuple[str, ...] = ()) -> None:
+        """Availability and (optionally) HA discovery; `voices` adds per-person event types to the event
+        entity (identified_<name>), as a device that offers them does."""
         t = Topics(f"edgeverify/{device}", "homeassistant", device)
         if discovery:
-            for topic, payload, retain in discovery_messages(t, device_discovery(t, "int8", False), migrate=False):
+            config = device_discovery(t, "int8", False)
+            config["cmps"]["event"]["event_types"] += [f"identified_{v}" for v in voices]
+            for topic, payload, retain in discovery_messages(t, config, migrate=False):
                 self.hub.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
         self.hub.client.publish(t.availability, b"online", qos=1, retain=True).wait_for_publish(5)
 
@@ -196,13 +200,15 @@ SETTINGS = {"devices": ["edgeverify/kitchen", "edgeverify/hall"], "agent_id": "c
 
 
 def test_02_options_map_voices_to_persons(env: Env) -> None:
-    # the devices' decisions name their voices (speaker, scores): the mapping form lists them
+    # the devices' decisions name their voices (speaker, scores), and so may the event entity's
+    # per-person event types: the mapping form lists them
     env.decide("kitchen", "alice", source="microphone")
     env.decide("hall", "dave", source="mqtt")
+    env.announce("kitchen", discovery=True, voices=("erin",))
     time.sleep(0.5)
     names = _options(env, SETTINGS, {"alice": "person.alice", "bob": "person.bob",
                                      "new voice": "carol", "new voice person": "person.carol"})
-    assert {"alice", "bob", "dave"} <= set(names) and "new voice" in names, names
+    assert {"alice", "bob", "dave", "erin"} <= set(names) and "new voice" in names, names
     entry = [e for e in env.ha.get("/api/config/config_entries/entry") if e["entry_id"] == env.entry_id][0]
     assert entry["state"] == "loaded", entry
     for person in ("alice", "bob", "carol"):
