@@ -23,7 +23,7 @@ from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 
 from .const import DOMAIN, Settings
-from .decisions import MAX_PAYLOAD, NAME_RE, Decision, DecisionStore, Match, parse_event
+from .decisions import NAME_RE, Decision, DecisionStore, Match, parse_event
 
 _LOGGER = logging.getLogger(__name__)
 PLATFORMS = [Platform.CONVERSATION, Platform.BINARY_SENSOR]

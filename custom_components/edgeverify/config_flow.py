@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Any, Optional
 
 import voluptuous as vol
@@ -37,11 +36,9 @@ from . import MAX_CONFIG_PAYLOAD, discovery_prefix
 from .const import (
     CONF_AGENT,
     CONF_DEVICES,
-    CONF_HEARD_FOR,
     CONF_UNKNOWN,
     CONF_VOICES,
     CONF_WAIT,
-    CONF_WINDOW,
     DEFAULT_BASE,
     DOMAIN,
     MAX_DEVICES,
@@ -49,24 +46,13 @@ from .const import (
     NUMBERS,
     UNKNOWN_PASS,
     UNKNOWN_REFUSE,
+    valid_base,
 )
-from .decisions import DEVICE_ID_RE, NAME_RE
+from .decisions import NAME_RE
 
 SCAN_S = 1.5  # retained discovery/availability messages arrive within a fraction of this
-MAX_TOPIC = 200
 NEW_VOICE = "new voice"  # field keys with a space: no voice name can collide with them
 NEW_PERSON = "new voice person"
-_TOPIC_RE = re.compile(r"^[^#+\x00]+$")
-
-
-def valid_base(base: Any) -> Optional[str]:
-    """A device base topic `<topic_prefix>/<device_id>` as typed or found, or None."""
-    if not isinstance(base, str):
-        return None
-    base = base.strip().rstrip("/")
-    if not base or len(base) > MAX_TOPIC or not _TOPIC_RE.match(base) or base.startswith("/"):
-        return None
-    return base if DEVICE_ID_RE.match(base.rsplit("/", 1)[-1]) else None
 
 
 def _edgeverify_device(body: Any) -> Optional[tuple[str, str]]:

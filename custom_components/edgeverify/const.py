@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
+
+from .decisions import DEVICE_ID_RE
 
 DOMAIN = "edgeverify"
 DEFAULT_BASE = "edgeverify"  # the device's default mqtt.topic_prefix
@@ -36,6 +39,19 @@ NUMBERS: dict[str, Setting] = {
 }
 MAX_DEVICES = 32
 MAX_VOICES = 100
+MAX_TOPIC = 200
+_TOPIC_RE = re.compile(r"^[^#+\x00]+$")
+
+
+def valid_base(base: Any) -> Optional[str]:
+    """A device base topic `<topic_prefix>/<device_id>` as typed or found (no wildcards; the last level
+    a valid device id), or None."""
+    if not isinstance(base, str):
+        return None
+    base = base.strip().rstrip("/")
+    if not base or len(base) > MAX_TOPIC or not _TOPIC_RE.match(base) or base.startswith("/"):
+        return None
+    return base if DEVICE_ID_RE.match(base.rsplit("/", 1)[-1]) else None
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,8 @@ class Settings:
         devices = options.get(CONF_DEVICES) or []
         voices = options.get(CONF_VOICES) or {}
         return cls(
-            devices=tuple(d for d in devices if isinstance(d, str))[:MAX_DEVICES] if isinstance(devices, list) else (),
+            devices=tuple(dict.fromkeys(b for b in map(valid_base, devices) if b))[:MAX_DEVICES]
+            if isinstance(devices, list) else (),
             agent_id=str(options.get(CONF_AGENT) or "conversation.home_assistant"),
             unknown_voice=UNKNOWN_REFUSE if options.get(CONF_UNKNOWN) == UNKNOWN_REFUSE else UNKNOWN_PASS,
             window_s=number(CONF_WINDOW),
