@@ -16,7 +16,8 @@ import homeassistant.components as components
 
 REPO = Path(__file__).resolve().parents[2]
 # what tests/ha_companion/harness.py's configuration.yaml names
-CONFIGURED = {"http", "api", "mqtt", "conversation", "person", "logger", "mqtt_statestream", "automation", "homeassistant"}
+CONFIGURED = {"http", "api", "mqtt", "conversation", "assist_pipeline", "person", "logger", "mqtt_statestream",
+              "automation", "homeassistant"}
 
 
 def main() -> int:

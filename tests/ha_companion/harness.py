@@ -60,6 +60,7 @@ http:
   server_port: {http_port}
 api:
 conversation:
+assist_pipeline:
 person:
 {persons}
 mqtt_statestream:

@@ -324,6 +324,32 @@ def test_10_logged_in_user_is_kept(env: Env) -> None:
     assert speech.startswith(f"user={tester}|"), speech
 
 
+def test_10b_in_an_assist_pipeline(env: Env) -> None:
+    """An Assist pipeline (run from HA's websocket API, as HA's Assist dialog does: so with the logged-in
+    tester as its user) with this agent as its conversation agent: the text reaches HA's own agent behind
+    ours through the pipeline's chat log, and the pipeline itself answers sentence triggers before any
+    conversation agent is asked (what docs/home-assistant-companion.md says HA does)."""
+    pipeline = env.ha.ws({"type": "assist_pipeline/pipeline/create", "name": "voice", "language": "en",
+                          "conversation_engine": AGENT, "conversation_language": "en", "stt_engine": None,
+                          "stt_language": None, "tts_engine": None, "tts_language": None, "tts_voice": None,
+                          "wake_word_entity": None, "wake_word_id": None, "prefer_local_intents": False})
+    def run(text: str) -> dict[str, Any]:
+        events = env.ha.ws({"type": "assist_pipeline/run", "start_stage": "intent", "end_stage": "intent",
+                            "input": {"text": text}, "pipeline": pipeline["id"]})
+        assert [e["type"] for e in events if e["type"] in ("error",)] == [], events
+        start = [e for e in events if e["type"] == "intent-start"][0]["data"]
+        assert start["engine"] == AGENT, start
+        return [e for e in events if e["type"] == "intent-end"][0]["data"]["intent_output"]
+    last_activity = env.ha.state(AGENT)["state"]  # a conversation entity's state: when it last processed
+    out = run("who am i")  # a sentence trigger: the pipeline answers it, no conversation agent is asked
+    assert out["response"]["speech"]["plain"]["speech"].startswith(f"user={env.users['tester']}|prompt="), out
+    time.sleep(0.5)
+    assert env.ha.state(AGENT)["state"] == last_activity
+    out = run("turn the moon purple")  # no trigger: HA's own agent, reached through ours, does not know it
+    assert out["response"]["response_type"] == "error", out
+    wait_for("the agent's last activity", lambda: env.ha.state(AGENT)["state"] != last_activity, 5)
+
+
 def test_11_refuse_unknown_voices(env: Env) -> None:
     form = env.flow("/api/config/config_entries/options/flow", {"handler": env.entry_id})
     itself = env.flow(f"/api/config/config_entries/options/flow/{form['flow_id']}", {**SETTINGS, "agent_id": AGENT})
