@@ -295,6 +295,7 @@ def test_08_hostile_payloads_change_nothing(env: Env) -> None:
     env.raw("edgeverify/hall/event", b"{" * 1000, retain=True)
     env.raw("edgeverify/hall/diagnostics", b"[" * 200000)
     assert env.who()[0] == ""
+    assert env.ha.state(AGENT)["attributes"]["ignored_messages"] >= 11  # the ones that are no decision at all
     env.decide("hall", "alice", "who am i")
     assert env.who()[0] == env.users["alice"]
     entry = [e for e in env.ha.get("/api/config/config_entries/entry") if e["entry_id"] == env.entry_id][0]
