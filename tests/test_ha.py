@@ -124,6 +124,9 @@ def test_events_and_per_kind_state(ha_daemon: DaemonProcess, broker: Broker, hub
         assert r["ok"], r
         ev = json.loads(hub.wait(lambda m: m.topic == f"{base}/event" and json.loads(m.payload)["request_id"] == r["request_id"], 10).payload)
         assert ev["event_type"] == expected and ev["source"] == "mqtt" and ev["score"] == r["score"], ev
+        if expected == "identified":  # then the per-person type, for automations without templates
+            ev = json.loads(hub.wait(lambda m: m.topic == f"{base}/event", 5).payload)
+            assert ev["event_type"] == "identified_alice" and ev["request_id"] == r["request_id"], ev
     assert ev["profile"] == "bob" and ev["kind"] == "verify"
     late = Hub(broker.port)  # retained per-kind states: verify did not overwrite identify
     try:
