@@ -316,3 +316,17 @@ def test_health_topic(link: Any) -> None:
     _, doc, retain = wire.wait(lambda m: m[0] == f"{BASE}/health" and m[1]["decisions_per_hour"] == 5)
     assert retain and doc["rejects_per_hour"] == 1 and doc["latency_ms"] == {"p50": 30.0, "p95": 100.0, "window": 5}
     assert doc["rss_mb"] > 10 and doc["uptime_s"] >= 0 and doc["started"].endswith("+00:00")
+
+
+def test_health_follows_new_decisions_without_waiting_a_minute(link: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeverify.mqtt.homeassistant as homeassistant
+
+    wire, sinks, _ = link
+    monkeypatch.setattr(homeassistant, "DIAG_INTERVAL_S", 0.2)  # 10 s in service
+    wire.wait(lambda m: m[0] == f"{BASE}/health")  # the one sent on connect
+    sinks.publish_decision(ALICE, "microphone")
+    _, doc, _ = wire.wait(lambda m: m[0] == f"{BASE}/health" and m[1]["decisions_per_hour"] == 1, 5)
+    assert doc["latency_ms"]["p50"] == 20.0
+    count = sum(1 for m in wire.sent if m[0] == f"{BASE}/health")
+    time.sleep(0.6)  # nothing new: no more health until HEALTH_INTERVAL_S
+    assert sum(1 for m in wire.sent if m[0] == f"{BASE}/health") == count

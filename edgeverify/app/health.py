@@ -76,6 +76,7 @@ class Health:
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self._recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=MAX_RECENT)
         self._lock = threading.Lock()
+        self.decisions = 0  # ever (a cheap "anything new?" for the publisher)
         self.temperature_file = cpu_temperature_zone(thermal_root)
 
     def decided(self, elapsed_ms: Optional[float], rejected: bool) -> None:
@@ -84,6 +85,7 @@ class Health:
             if elapsed_ms is not None:
                 self._latencies.append(float(elapsed_ms))
             self._recent.append((self.clock(), rejected))
+            self.decisions += 1
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()

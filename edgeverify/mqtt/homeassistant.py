@@ -64,6 +64,7 @@ class HomeAssistantLink:
         self.enroll_state: dict[str, Any] = {"name": "", "utterances": DEFAULT_UTTERANCES, "status": "idle", "message": ""}
         self.health = Health()
         self._health_at = -HEALTH_INTERVAL_S
+        self._health_decisions = 0
         self._persons: Optional[tuple[str, ...]] = None  # the per-person event types' names last announced
         self.restart_requested = False  # the restart button: the daemon stops and exits with RESTART_EXIT_CODE
         t, qos = topics, config.mqtt.qos
@@ -190,11 +191,14 @@ class HomeAssistantLink:
         self.connection.publish(self.topics.diagnostics, json.dumps(doc).encode(), retain=True)
 
     def publish_health(self, force: bool = False) -> None:
-        """<base>/health (retained) every HEALTH_INTERVAL_S, or now if force."""
+        """<base>/health (retained) every HEALTH_INTERVAL_S, after new decisions every DIAG_INTERVAL_S, or now
+        if force (the latency sensors should not wait a minute for the first decisions)."""
         now = time.monotonic()
-        if not force and now - self._health_at < HEALTH_INTERVAL_S:
+        age = now - self._health_at
+        decided = self.health.decisions != self._health_decisions
+        if not force and age < HEALTH_INTERVAL_S and not (decided and age >= DIAG_INTERVAL_S):
             return
-        self._health_at = now
+        self._health_at, self._health_decisions = now, self.health.decisions
         doc = self.health.snapshot()
         self.connection.publish(self.topics.health, json.dumps(doc).encode(), retain=True)
 
