@@ -205,6 +205,8 @@ def main() -> int:
                                    env_extra=vm.env if vm is not None else None)
             wait_for("HA to show the event entity", lambda: shown.of("event"), 60)
             event = shown.of("event")[0]
+            # subscribed and available: an event sent before HA subscribed to its topic is lost (not retained)
+            wait_for("the event entity to be available", lambda: shown.entities[event].get("state") not in (None, "unavailable"), 60)
             log(f"event entity {event}: {shown.entities[event]}")
             hub = Hub(broker.port)
             base = daemon.base
@@ -245,10 +247,20 @@ def main() -> int:
             if vm is not None:
                 enroll_through_ha(shown, hub, vm, base)
             hub.close()
+            p50 = f"sensor.edgeverify_{DEV}_decision_latency_p50"
+            wait_for("HA to show the decision latency", lambda: shown.entities.get(p50, {}).get("state") not in (None, "unknown", "unavailable"), 20)
+            log(f"{p50} = {shown.entities[p50]['state']} ms, {status} = {shown.entities[status]['state']}, "
+                f"decisions per hour = {shown.entities.get(f'sensor.edgeverify_{DEV}_decisions_per_hour', {}).get('state')}")
             daemon.stop()  # a clean stop: HA shows "stopped" (a crash would leave it unavailable)
             wait_for("HA to show the service status stopped", lambda: shown.entities.get(status, {}).get("state") == "stopped", 20)
             wait_for("the other entities to go unavailable", lambda: shown.entities.get(memory, {}).get("state") == "unavailable", 20)
             log(f"after a clean stop: {status} = stopped, {memory} = unavailable")
+            daemon = DaemonProcess(work, broker.port, Path(model), state_dir, DEV, extra=extra,
+                                   env_extra=vm.env if vm is not None else None)
+            wait_for("HA to show the service running again", lambda: shown.entities.get(status, {}).get("state") == "running", 20)
+            daemon.kill()  # a crash: only the last will speaks
+            wait_for("HA to show the crashed service unavailable", lambda: shown.entities.get(status, {}).get("state") == "unavailable", 20)
+            log(f"after a crash (SIGKILL): {status} = unavailable (not stopped)")
             daemon = DaemonProcess(work, broker.port, Path(model), state_dir, DEV, extra=extra,
                                    env_extra=vm.env if vm is not None else None)
             wait_for("HA to show the service running again", lambda: shown.entities.get(status, {}).get("state") == "running", 20)
