@@ -123,3 +123,30 @@ def test_health_transaction_and_log_level(admin_daemon: Any, broker: Broker, hub
         assert "log level set to debug from Home Assistant" in log and " DEBUG " in log
     finally:
         d.stop()
+
+
+def test_event_types_follow_profiles_on_disk_and_forget(tmp_path: Path, broker: Broker, int8_model: Path,
+                                                        state_dir: Path, hub: Hub) -> None:
+    """A profile copied into the state directory (restored from a backup, enrolled with the CLI) gets its
+    event type in HA without a restart; one forgotten over the admin API loses it."""
+    import shutil
+
+    state = tmp_path / "state"
+    shutil.copytree(state_dir / "profiles", state / "profiles")
+    d = DaemonProcess(tmp_path, broker.port, int8_model, state, "hyg2", extra={"admin": {"enabled": True}})
+    config = "homeassistant/device/edgeverify_hyg2/config"
+    types = lambda m: json.loads(m.payload)["cmps"]["event"]["event_types"]  # noqa: E731
+    try:
+        hub.subscribe(config)
+        assert types(hub.wait(lambda m: m.topic == config, 5))[4:] == ["identified_alice", "identified_bob"]
+        doc = json.loads((state / "profiles" / "alice.json").read_text())
+        doc["name"] = "carol"
+        (state / "profiles" / "carol.json").write_text(json.dumps(doc))
+        got = types(hub.wait(lambda m: m.topic == config and "identified_carol" in types(m), 10))
+        assert sorted(got[4:]) == ["identified_alice", "identified_bob", "identified_carol"]
+        r = ask(hub, f"{d.base}/admin/request", b'{"type": "forget", "name": "bob"}')
+        assert r["ok"] and r["status"] == "ok", r
+        got = types(hub.wait(lambda m: m.topic == config and "identified_bob" not in types(m), 10))
+        assert sorted(got[4:]) == ["identified_alice", "identified_carol"]
+    finally:
+        d.stop()
