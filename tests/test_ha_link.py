@@ -269,6 +269,10 @@ def test_admin_api_echoes_transaction_and_status(link: Any) -> None:
     wire.deliver(f"{BASE}/admin/request", json.dumps({"type": "list", "request_id": "t4",
                                                        "transaction": {"a": 1}}).encode())
     assert "transaction" not in resp("t4")  # only a string or a number is echoed
+    for i, raw in enumerate((b"NaN", b"1e999", b"9" * 4000, b"true")):
+        wire.deliver(f"{BASE}/admin/request", b'{"type": "list", "request_id": "n%d", "transaction": %s}' % (i, raw))
+        body = resp(f"n{i}")
+        assert "transaction" not in body and body["status"] in ("ok", "error"), body
     assert not wire.adapter.admin._transactions  # nothing kept once answered
 
 

@@ -32,6 +32,7 @@ from .requests import Inbound, MqttRequests, user_props
 log = logging.getLogger(__name__)
 
 MAX_TRANSACTION_CHARS = 200  # a longer transaction string is echoed cut to this
+MAX_TRANSACTION_NUMBER = 2 ** 53  # numbers beyond what JavaScript (Node-RED) holds exactly are not echoed
 
 
 def transaction_of(obj: Any) -> Any:
@@ -39,8 +40,8 @@ def transaction_of(obj: Any) -> Any:
     value = obj.get("transaction") if isinstance(obj, dict) else None
     if isinstance(value, str):
         return value[:MAX_TRANSACTION_CHARS]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf"):
-        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= MAX_TRANSACTION_NUMBER:
+        return value  # NaN, inf and 4000-digit integers are not echoed
     return None
 
 
