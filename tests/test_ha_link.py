@@ -291,6 +291,8 @@ def test_log_level_select_and_restart_button(link: Any) -> None:
         assert root.getEffectiveLevel() == logging.DEBUG
         wire.deliver(f"{BASE}/admin/ha/log_level", b"verbose\x00")  # refused, the state says what it is
         assert root.getEffectiveLevel() == logging.DEBUG
+        root.setLevel(logging.WARNING)  # what a reload does with log_level: warning
+        wire.wait(lambda m: m[0] == f"{BASE}/admin/ha/log_level/state" and m[1] == b"warning")
     finally:
         root.setLevel(before)
     ha = wire.adapter.ha

@@ -66,6 +66,7 @@ class HomeAssistantLink:
         self._health_at = -HEALTH_INTERVAL_S
         self._health_decisions = 0
         self._persons: Optional[tuple[str, ...]] = None  # the per-person event types' names last announced
+        self._log_level_sent: Optional[str] = None
         self.restart_requested = False  # the restart button: the daemon stops and exits with RESTART_EXIT_CODE
         t, qos = topics, config.mqtt.qos
         # retained commands are never replayed at (re)subscription: an old enroll would run on every reconnect
@@ -177,6 +178,8 @@ class HomeAssistantLink:
         if not force:
             self.publish_health()
             self.sync_persons()  # profiles changed on disk (a reload, a copy) reach HA's event types too (a stat)
+            if self.config.admin.enabled and self.connection.connected.is_set():
+                self._publish_log_level(if_changed=True)  # a reload applies log_level from the config again
         if not force and now - self._diag_at < DIAG_INTERVAL_S:
             return
         try:
@@ -223,8 +226,12 @@ class HomeAssistantLink:
                             "reload or restart)", level)
             self._publish_log_level()
 
-    def _publish_log_level(self) -> None:
+    def _publish_log_level(self, if_changed: bool = False) -> None:
+        """The select's state; if_changed: only when it differs from the last one sent (a reload set it)."""
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        if if_changed and level == self._log_level_sent:
+            return
+        self._log_level_sent = level
         self.connection.publish(self.topics.ha_log_level_state, level.encode(), retain=True)
 
     # -- HA's enroll entities ----------------------------------------------------------------------
