@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CONNECT_WAIT_S = 5.0  # READY=1 is sent after this even if the broker is still unreachable (paho retries)
 MIC_RETRY_S = 30.0
+# Home Assistant's restart button: a clean stop, then this exit code; the unit restarts on it
+# (RestartForceExitStatus=75) and does not count it as a failure (SuccessExitStatus=75). EX_TEMPFAIL.
+RESTART_EXIT_CODE = 75
 
 
 class Watchdog:
@@ -209,6 +212,8 @@ class Daemon:
         except Exception:
             log.exception("could not refresh availability or diagnostics")
         self.watchdog.tick(self._status_text)
+        if self.mqtt.ha.restart_requested and not self._stop:
+            self._stop, self.exit_code = True, RESTART_EXIT_CODE
         if self.mqtt.network_dead:
             # unrecoverable: exit 1 and let systemd restart us (unacknowledged requests are redelivered)
             self._stop, self.exit_code = True, 1

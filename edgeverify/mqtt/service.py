@@ -53,6 +53,7 @@ class MqttService:
         self.connection.start()
 
     def stop(self, timeout: float = 3.0) -> None:
+        self.ha.publish_stopped()  # before "offline": HA tells a clean stop from a crash (the will)
         self.connection.stop(timeout)
 
     def set_max_payload_bytes(self, limit: int) -> None:

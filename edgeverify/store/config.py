@@ -396,6 +396,19 @@ class AdminConfig:
 
 
 @dataclass
+class HomeAssistantConfig:
+    """What Home Assistant is shown (MQTT discovery; docs/home-assistant.md, docs/security-trust-model.md)."""
+
+    trust_mqtt_requests: bool = setting(
+        False, doc="MQTT request decisions also drive HA's event entity and retained speaker state like the "
+                   "microphone's; off: they answer their requester only (only turn on with a broker ACL that "
+                   "limits who may send requests)", check=Bool(), reload=RESTART)
+    person_events: int = setting(
+        32, doc="profiles (oldest first) that get their own identified_<name> event type; 0 = generic types only",
+        check=Int(0, 100), reload=RESTART)
+
+
+@dataclass
 class WyomingConfig:
     """The Wyoming speech-to-text proxy with speaker identification (Home Assistant Assist).
 
@@ -474,6 +487,7 @@ class Config:
     microphone: MicrophoneConfig = section(MicrophoneConfig, MicrophoneConfig.__doc__ or "")
     admin: AdminConfig = section(AdminConfig, AdminConfig.__doc__ or "")
     wyoming: WyomingConfig = section(WyomingConfig, WyomingConfig.__doc__ or "")
+    homeassistant: HomeAssistantConfig = section(HomeAssistantConfig, HomeAssistantConfig.__doc__ or "")
     source: Optional[str] = None  # the file it was read from (not a setting)
 
     @property
