@@ -43,7 +43,7 @@ from ..app.sinks import DecisionSinks
 from ..app.worker import ModelWorker
 from ..errors import EdgeVerifyError, RequestError
 from ..store.config import Config
-from .connection import MqttConnection
+from .connection import PACKET_ALLOWANCE, MqttConnection
 from .delivery import Ack, CachedReply, ReplyCache, request_key
 from .topics import ReplyPolicy, printable
 
@@ -136,7 +136,14 @@ class MqttRequests:
         connection.set_default_callback(self._on_message)
 
     def set_max_payload_bytes(self, limit: int) -> None:
-        """limits.max_payload_bytes is live on reload."""
+        """limits.max_payload_bytes on reload: a lower limit applies at once (checked here); a higher one
+        only after a restart, because the broker goes on discarding packets over the Maximum Packet Size
+        announced when we connected (a CONNECT property: it changes only with a new connection, and a
+        reconnect just for this would drop in-flight acknowledgements)."""
+        ceiling = self.connection.max_packet_size - PACKET_ALLOWANCE
+        if limit > ceiling:
+            log.warning("reload: limits.max_payload_bytes %d is over the %d announced to the broker at start-up; "
+                        "larger requests are discarded by the broker until a restart", limit, ceiling)
         self.max_payload_bytes = limit
 
     # -- network thread: enqueue only --------------------------------------------------------------
