@@ -147,7 +147,7 @@ class Daemon:
                                        cfg.microphone.verify_profile, cfg.microphone.sample_rate)
         self.counters = Counters()
         self.sinks = DecisionSinks(self.counters)
-        self.worker = ModelWorker(cfg.limits.queue_size)
+        self.worker = ModelWorker(cfg.limits.queue_size, cfg.limits.queue_per_requester)
         self.mqtt = MqttService(cfg, self.service, self.worker, self.counters, self.sinks,
                                 model_name=verifier.model_name)
         self.sinks.add(self.mqtt.ha)  # decisions from every source feed HA's event entity and retained state

@@ -107,3 +107,82 @@ def test_oversized_request_never_reaches_the_daemon(tmp_path: Path, pbroker: Bro
     finally:
         d.stop()
         hub.close()
+
+
+def test_flood_from_one_requester(tmp_path: Path, pbroker: Broker, int8_model: Path, state_dir: Path,
+                                  clips: dict) -> None:
+    """One requester floods the queue; another requester and the device's microphone keep being answered,
+    the flood gets "busy" for its excess, and nothing is lost."""
+    import threading
+
+    import virtual_mic
+
+    reason = virtual_mic.available()
+    if reason:
+        pytest.skip(f"virtual microphone unavailable: {reason}")
+    a, b = clips["vctk-p225"], clips["vctk-p226"]
+    small = min(a[:8], key=lambda p: p.stat().st_size)
+    with virtual_mic.VirtualMic(16000) as vm:
+        mic = {"enabled": True, "device": "pulse", "mode": "identify", "max_utterance_s": 4.0}
+        d = DaemonProcess(tmp_path, pbroker.port, int8_model, state_dir, "flood1", extra={"microphone": mic},
+                          env_extra=vm.env, limits={"queue_size": 4})
+        flooder, other, spy = Hub(pbroker.port), Hub(pbroker.port), Hub(pbroker.port)
+        try:
+            spy.subscribe(f"{d.base}/event")
+            flood_reply = f"hub/flood/{uuid.uuid4().hex}"
+            flooder.subscribe(flood_reply)
+            payload = encode_request("identify", as_clip(small), requestor_id="flood")
+            stop = threading.Event()
+            sent: list[bytes] = []
+
+            def flood() -> None:
+                while not stop.is_set():
+                    corr = b"f%05d" % len(sent)
+                    sent.append(corr)
+                    flooder.publish(f"{d.base}/request", payload, response_topic=flood_reply, correlation=corr,
+                                    wait=False)
+                    time.sleep(0.05)
+
+            played: list[float] = []
+            flooding = threading.Thread(target=flood, daemon=True)
+            flooding.start()
+            time.sleep(1.0)  # the queue is full of the flood by now
+            speaker = threading.Thread(target=lambda: (vm.play(a[5]), played.append(time.monotonic())), daemon=True)
+            speaker.start()
+            outcomes, latencies = [], []
+            for i in range(6):
+                t0 = time.monotonic()
+                r = ask(other, f"{d.base}/request", encode_request("identify", as_clip(b[i]), requestor_id="kitchen",
+                                                                    request_id=f"k{i}"), timeout=60)
+                latencies.append(time.monotonic() - t0)
+                outcomes.append("ok" if r["ok"] else r["error"]["code"])
+            speaker.join(30)
+            mic_event: Optional[dict] = None
+            try:
+                m = spy.wait(lambda m: json.loads(m.payload).get("source") == "microphone", 20)
+                mic_event, mic_delay = json.loads(m.payload), time.monotonic() - played[0]
+            except TimeoutError:
+                mic_delay = float("nan")
+            stop.set()
+            flooding.join(5)
+            replies: dict[bytes, str] = {}
+            deadline = time.monotonic() + 120
+            while len(replies) < len(sent) and time.monotonic() < deadline:
+                try:
+                    m = flooder.wait(lambda m: m.topic == flood_reply, 2)
+                except TimeoutError:
+                    continue
+                body = json.loads(m.payload)
+                replies[m.properties.CorrelationData] = "ok" if body["ok"] else body["error"]["code"]
+            codes = {c: list(replies.values()).count(c) for c in set(replies.values())}
+            print(f"\nflood: {len(sent)} requests from one requester -> {codes}, {len(sent) - len(replies)} lost; "
+                  f"other requester: {outcomes}, latency {min(latencies):.2f}-{max(latencies):.2f} s; "
+                  f"microphone event {'%.1f s after the speech ended' % mic_delay if mic_event else 'never came'}")
+            assert outcomes == ["ok"] * 6, outcomes
+            assert mic_event is not None and mic_event["speaker"] == "alice", "the microphone was starved"
+            assert len(replies) == len(sent), f"{len(sent) - len(replies)} flood requests never answered"
+            assert codes.get("busy", 0) > 0 and codes.get("ok", 0) > 0, codes
+        finally:
+            for h in (flooder, other, spy):
+                h.close()
+            assert d.stop() == 0, d.log_path.read_text()[-3000:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from ..app.protocol import (
     salvage_meta,
 )
 from ..app.sinks import DecisionSinks
-from ..app.worker import ModelWorker
+from ..app.worker import NETWORK, ModelWorker
 from ..errors import EdgeVerifyError, RequestError
 from ..store.config import Config
 from .connection import PACKET_ALLOWANCE, MqttConnection
@@ -89,12 +90,44 @@ class Inbound:
     key: Optional[bytes] = None  # delivery.request_key (None: not de-duplicated)
 
 
+_JSON_FIELD = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
+               for key in ("requestor_id", "reply_to")}
+
+
+def _json_field(payload: bytes, key: str) -> Optional[str]:
+    """A string field of a JSON request found without parsing it (the network thread must not parse
+    megabytes): the first `"key": "value"` anywhere in the payload. Only used to pick a queue."""
+    m = _JSON_FIELD[key].search(payload)
+    return None if m is None else m.group(1).decode("utf-8", "replace")
+
+
+def requester_of(topic: str, payload: bytes, props: Any) -> str:
+    """Whose turn a request takes in the worker's queue: the requestor_id it carries (v5 user property, or
+    the JSON field), else its reply topic without the last level (requesters use one reply namespace and
+    vary the last level), else "". Both are claims: see docs/security.md for what that cannot tell apart."""
+    rid = user_props(props).get("requestor_id")
+    if rid is None and MqttRequests._raw_kind(topic) is None:
+        rid = _json_field(payload, "requestor_id")
+    if rid:
+        return "id:" + rid[:256]
+    reply = getattr(props, "ResponseTopic", None)
+    if reply is None and MqttRequests._raw_kind(topic) is None:
+        reply = _json_field(payload, "reply_to")
+    if reply is None:
+        reply = user_props(props).get("reply_to")
+    if reply:
+        return "topic:" + reply.rsplit("/", 1)[0][:256]
+    return ""
+
+
 @dataclass
 class RequestJob:
-    """A request on <base>/request or <base>/request/<type>, for the model worker."""
+    """A request on <base>/request or <base>/request/<type>, for the model worker (network lane)."""
 
     requests: "MqttRequests"
     inbound: Inbound
+    requester: str = ""
+    lane: str = NETWORK
 
     def run(self) -> None:
         try:
@@ -108,6 +141,11 @@ class RequestJob:
         self.requests.forget(self.inbound)
         if self.requests.config.mqtt.session_expiry_s == 0:
             self.requests.reject(self.inbound, BUSY, reason)
+
+    def refuse(self, reason: str) -> None:
+        """Dropped from a full queue for another requester: "busy" now (a retry is welcome later)."""
+        self.requests.forget(self.inbound)
+        self.requests.reject(self.inbound, BUSY, reason)
 
 
 class MqttRequests:
@@ -190,9 +228,11 @@ class MqttRequests:
                      printable(cached.topic))
             self._send(cached.topic, cached.payload, cached.correlation, job.acks)
             return
-        if not self.worker.submit(RequestJob(self, job)):
+        who = requester_of(job.topic, job.payload, props)
+        if not self.worker.submit(RequestJob(self, job, who)):
             self.forget(job)
-            self.reject(job, BUSY, f"{self.worker.capacity} requests already queued; retry later")
+            self.reject(job, BUSY, f"{self.worker.queued(who)} request(s) of this requester and "
+                                   f"{self.worker.queued()} in all already queued; retry later")
 
     def forget(self, job: Inbound) -> None:
         if job.key is not None:
