@@ -103,7 +103,7 @@ def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
         (b'{"type": "verify", "request_id": "e1", "first": {"name": "a.wav", "audio_b64": "%%%"}}', "bad_request", "not valid base64"),
         (b'{"type": "verify", "request_id": "e1", "first": {"name": "a.wav", "audio_b64": "AAAA"}}', "bad_request", "'second' must be an object"),
         (b'{"type": "verify_profile", "request_id": "e1", "first": {"audio_b64": "AAAA"}}', "bad_request", "'profile' is required"),
-        (b'{"type": "capture", "request_id": "e1"}', "bad_request", "needs the microphone"),
+        (b'{"type": "capture", "request_id": "e1"}', "capture_disabled", "disabled on this device"),
     ],
 )
 def test_bad_requests_get_error_responses(daemon: DaemonProcess, hub: Hub, payload: bytes, code: str, message: str) -> None:
@@ -230,7 +230,8 @@ def test_microphone_events(tmp_path: Path, broker: Broker, int8_model: Path, sta
         pytest.skip(f"virtual microphone unavailable: {reason}")
     with virtual_mic.VirtualMic(16000) as vm:
         mic = {"enabled": True, "device": "pulse", "mode": "identify", "max_utterance_s": 4.0}
-        d = DaemonProcess(tmp_path, broker.port, int8_model, state_dir, "mic1", extra={"microphone": mic}, env_extra=vm.env)
+        d = DaemonProcess(tmp_path, broker.port, int8_model, state_dir, "mic1", extra={"microphone": mic}, env_extra=vm.env,
+                          allow_capture=True)
         try:
             hub.subscribe(f"{d.base}/event")
             hub.subscribe(f"{d.base}/state")

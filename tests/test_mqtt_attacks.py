@@ -186,3 +186,74 @@ def test_flood_from_one_requester(tmp_path: Path, pbroker: Broker, int8_model: P
             for h in (flooder, other, spy):
                 h.close()
             assert d.stop() == 0, d.log_path.read_text()[-3000:]
+
+
+def _mic() -> Any:
+    import virtual_mic
+
+    reason = virtual_mic.available()
+    if reason:
+        pytest.skip(f"virtual microphone unavailable: {reason}")
+    return virtual_mic.VirtualMic(16000)
+
+
+MIC = {"enabled": True, "device": "pulse", "mode": "identify", "max_utterance_s": 4.0}
+
+
+def test_capture_is_refused_unless_enabled(tmp_path: Path, pbroker: Broker, int8_model: Path,
+                                           state_dir: Path) -> None:
+    with _mic() as vm:
+        d = DaemonProcess(tmp_path, pbroker.port, int8_model, state_dir, "cap0", extra={"microphone": MIC},
+                          env_extra=vm.env)
+        hub = Hub(pbroker.port)
+        try:
+            t0 = time.monotonic()
+            r = ask(hub, f"{d.base}/request", encode_request("capture", request_id="c0", requestor_id="stranger"))
+            took = time.monotonic() - t0
+            print(f"\ncapture with mqtt.allow_capture off: {r.get('error')} in {took:.2f} s")
+            assert r["ok"] is False and r["error"]["code"] == "capture_disabled" and r["request_id"] == "c0", r
+            assert took < 5, "the microphone was opened"
+        finally:
+            hub.close()
+            assert d.stop() == 0
+        assert "capture refused (mqtt.allow_capture is off)" in d.log_path.read_text()
+
+
+def test_capture_keeps_the_watchdog_fed(tmp_path: Path, pbroker: Broker, int8_model: Path, state_dir: Path,
+                                        clips: dict) -> None:
+    """An 8 s capture with WatchdogSec=3: pings go on, and another request is answered meanwhile."""
+    import threading
+
+    watchdog_s, seconds = 3.0, 8.0
+    a, b = clips["vctk-p225"], clips["vctk-p226"]
+    with _mic() as vm:
+        d = DaemonProcess(tmp_path, pbroker.port, int8_model, state_dir, "cap1", extra={"microphone": MIC},
+                          env_extra=vm.env, watchdog_usec=int(watchdog_s * 1e6), allow_capture=True)
+        hub, other = Hub(pbroker.port), Hub(pbroker.port)
+        try:
+            d.notify.wait_for("WATCHDOG=1", 5)
+            reply, corr = f"hub/cap/{uuid.uuid4().hex}", b"cap1"
+            hub.subscribe(reply)
+            t0 = time.monotonic()
+            hub.publish(f"{d.base}/request", encode_request("capture", request_id="c1", seconds=seconds),
+                        response_topic=reply, correlation=corr)
+            time.sleep(0.5)
+            speaker = threading.Thread(target=vm.play, args=(a[5],), daemon=True)
+            speaker.start()
+            time.sleep(1.0)
+            r2, other_s = _identify(other, d, b[0], timeout=30)
+            r = json.loads(hub.wait(lambda m: m.topic == reply, seconds + 30).payload)
+            t1 = time.monotonic()
+            speaker.join(10)
+            pings = [t0] + [t for t, m in d.notify.messages if "WATCHDOG=1" in m.split("\n") and t0 < t < t1] + [t1]
+            gap = max(y - x for x, y in zip(pings, pings[1:]))
+            print(f"\n{seconds:.0f} s capture (WatchdogSec {watchdog_s:.0f}): answered in {t1 - t0:.1f} s, "
+                  f"longest watchdog gap {gap:.2f} s; another request during it answered in {other_s:.2f} s")
+            assert r["ok"] and r["request_id"] == "c1" and r["speaker"] == "alice", r
+            assert r2["ok"] and r2["speaker"] == "bob", r2
+            assert gap < watchdog_s, f"watchdog pings stopped for {gap:.1f} s during a capture"
+            assert other_s < seconds - 2, "the capture held the worker"
+        finally:
+            hub.close()
+            other.close()
+            assert d.stop() == 0, d.log_path.read_text()[-3000:]

@@ -98,16 +98,31 @@ class DecisionService:
             test = self.verifier.prepare(self._audio(req.first))
             result = self._result(test, req.profile if req.type == "verify_profile" else None, req.threshold,
                                   req.target_far)
-        elif req.type == "capture":
-            if self.microphone is None:
-                raise RequestError("capture needs the microphone (microphone.enabled: true)")
-            samples = self.microphone.capture_once(req.seconds)  # MicrophoneError -> error reply
-            audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
-            result = self._result(self.verifier.prepare(audio), req.profile, req.threshold, req.target_far)
+        elif req.type == "capture":  # blocking: the MQTT adapter records off the worker (capture_samples)
+            return self.decide_capture(req, self.capture_samples(req))
         else:  # parse_request only lets known types through
             raise RequestError(f"unknown request type {req.type!r}")
         result["model"] = self.verifier.model_name
         return Response(ok=True, meta=meta, result=result)
+
+    def capture_samples(self, req: Request) -> np.ndarray:
+        """Record for a `capture` request: blocks until the utterance (or req.seconds) is in, so callers
+        run it off the model worker. RequestError without a microphone, MicrophoneError on a failure."""
+        microphone = self.microphone
+        if microphone is None:
+            raise RequestError("capture needs the microphone (microphone.enabled: true)")
+        if req.profile is not None:
+            self.store.get(req.profile)  # unknown profile: fail before recording anyone
+        return microphone.capture_once(req.seconds)
+
+    def decide_capture(self, req: Request, samples: np.ndarray) -> Response:
+        """The decision on recorded capture samples (the model part: on the worker)."""
+        if req.target_far is not None and self.verifier.scorer is None:
+            raise RequestError("'target_far' needs calibrated scoring (this device uses score: cosine)")
+        audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
+        result = self._result(self.verifier.prepare(audio), req.profile, req.threshold, req.target_far)
+        result["model"] = self.verifier.model_name
+        return Response(ok=True, meta=req.meta(), result=result)
 
     def utterance(self, samples: np.ndarray) -> Optional[Response]:
         """A microphone utterance: identify or verify per microphone.mode; None when not speech enough."""

@@ -30,6 +30,7 @@ from ..app.counters import Counters
 from ..app.protocol import (
     BAD_REPLY_TOPIC,
     BUSY,
+    CAPTURE_DISABLED,
     INTERNAL,
     TOO_LARGE,
     Request,
@@ -41,7 +42,7 @@ from ..app.protocol import (
     salvage_meta,
 )
 from ..app.sinks import DecisionSinks
-from ..app.worker import NETWORK, ModelWorker
+from ..app.worker import LOCAL, NETWORK, ModelWorker
 from ..errors import EdgeVerifyError, RequestError
 from ..store.config import Config
 from .connection import PACKET_ALLOWANCE, MqttConnection
@@ -59,6 +60,10 @@ class Handler(Protocol):
     """What answers a request (app.decisions.DecisionService)."""
 
     def handle(self, request: Request) -> Response: ...
+
+    def capture_samples(self, request: Request) -> Any: ...
+
+    def decide_capture(self, request: Request, samples: Any) -> Response: ...
 
 
 def user_pairs(props: Any) -> list[tuple[str, str]]:
@@ -130,10 +135,12 @@ class RequestJob:
     lane: str = NETWORK
 
     def run(self) -> None:
+        later = False
         try:
-            self.requests.process(self.inbound)
+            later = self.requests.process(self.inbound)
         finally:
-            self.requests.forget(self.inbound)
+            if not later:  # a capture in progress stays in hand: a redelivery merges with it
+                self.requests.forget(self.inbound)
 
     def abort(self, reason: str) -> None:
         """Shutdown: with a persistent session it stays unacknowledged and the broker redelivers it to the
@@ -146,6 +153,29 @@ class RequestJob:
         """Dropped from a full queue for another requester: "busy" now (a retry is welcome later)."""
         self.requests.forget(self.inbound)
         self.requests.reject(self.inbound, BUSY, reason)
+
+
+@dataclass
+class CaptureJob:
+    """A capture's recorded samples, for the worker: the device's own microphone, so the local lane."""
+
+    requests: "MqttRequests"
+    inbound: Inbound
+    request: Request
+    meta: dict[str, Any]
+    started: float
+    samples: Any
+    lane: str = LOCAL
+
+    def run(self) -> None:
+        try:
+            self.requests.decide_capture(self.inbound, self.request, self.meta, self.started, self.samples)
+        finally:
+            self.requests.forget(self.inbound)
+
+    def abort(self, reason: str) -> None:
+        self.requests.forget(self.inbound)
+        self.requests.reply(self.inbound, error_response(self.meta, BUSY, reason), self.meta.get("reply_to"))
 
 
 class MqttRequests:
@@ -167,6 +197,7 @@ class MqttRequests:
         self.cache = ReplyCache()
         self._lock = threading.Lock()
         self._in_hand: dict[bytes, Inbound] = {}  # request_key -> queued or running request
+        self._capturing: Optional[threading.Thread] = None  # the one capture recording, if any
         # retained requests are never replayed at (re)subscription: one would be re-run on every reconnect
         opts = SubscribeOptions(qos=m.qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         subs = [(f"{self.request_topic}/#", opts)] + ([(self.shared_topic, opts)] if self.shared_topic else [])
@@ -269,11 +300,12 @@ class MqttRequests:
         self.connection.acks.ack_now(job.acks)
         return True
 
-    def process(self, job: Inbound) -> None:
-        """Worker: parse once, decide, reply; a decision also goes to the sinks (Home Assistant)."""
+    def process(self, job: Inbound) -> bool:
+        """Worker: parse once, decide, reply; a decision also goes to the sinks (Home Assistant).
+        True when the answer comes later (a capture recording on its own thread)."""
         started = time.perf_counter()
         if self._expired(job):
-            return
+            return False
         props = user_props(job.properties)
         kind = self._raw_kind(job.topic)
         meta: dict[str, Any] = {}
@@ -291,6 +323,11 @@ class MqttRequests:
             refusal = self._reply_refusal(job, req.reply_to)
             if refusal is not None:
                 resp = error_response(meta, BAD_REPLY_TOPIC, f"reply topic refused: {refusal}")
+            elif req.type == "capture":
+                resp = self._capture_refusal(meta)
+                if resp is None:
+                    self._start_capture(job, req, meta, started)
+                    return True
             else:
                 resp = self.handler.handle(req)
         except EdgeVerifyError as exc:
@@ -300,12 +337,65 @@ class MqttRequests:
             log.exception("request on %s failed", printable(job.topic))
             meta = meta or salvage_meta(parsed, props, kind)
             resp = error_response(meta, INTERNAL, f"internal error: {type(exc).__name__}")
+        self._finish(job, resp, meta, started)
+        return False
+
+    def _finish(self, job: Inbound, resp: Response, meta: dict[str, Any], started: float) -> None:
         resp.elapsed_ms = 1000 * (time.perf_counter() - started)
         self.counters.answered(resp.ok)
         body = self.reply(job, resp, meta.get("reply_to"))
         self.counters.latency(resp.elapsed_ms)
         if resp.ok:
             self.sinks.publish_decision(body, "mqtt")
+
+    # -- capture: the room microphone, recorded off the worker ---------------------------------------
+
+    def _capture_refusal(self, meta: dict[str, Any]) -> Optional[Response]:
+        if not self.config.mqtt.allow_capture:
+            log.warning("capture refused (mqtt.allow_capture is off) for requestor_id=%s",
+                        printable(meta.get("requestor_id"), 80))
+            return error_response(meta, CAPTURE_DISABLED, "capture (recording from the room microphone) is "
+                                                          "disabled on this device (mqtt.allow_capture: false)")
+        with self._lock:
+            if self._capturing is not None and self._capturing.is_alive():
+                return error_response(meta, BUSY, "a capture is already recording; retry later")
+        return None
+
+    def _start_capture(self, job: Inbound, req: Request, meta: dict[str, Any], started: float) -> None:
+        """Record on a thread of its own (the worker, and with it the watchdog, never waits for someone to
+        speak), then decide on the worker's local lane; one capture at a time."""
+        log.info("capture: recording from the microphone for requestor_id=%s", printable(req.requestor_id, 80))
+        thread = threading.Thread(target=self._record, args=(job, req, meta, started), name="edgeverify-capture",
+                                  daemon=True)
+        with self._lock:
+            self._capturing = thread
+        thread.start()
+
+    def _record(self, job: Inbound, req: Request, meta: dict[str, Any], started: float) -> None:
+        try:
+            samples = self.handler.capture_samples(req)
+        except EdgeVerifyError as exc:
+            self._finish(job, error_response(meta, exc.code, exc.message), meta, started)
+            return
+        except Exception as exc:  # a bug must not go unanswered
+            log.exception("capture failed")
+            self._finish(job, error_response(meta, INTERNAL, f"internal error: {type(exc).__name__}"), meta, started)
+            return
+        decide = CaptureJob(self, job, req, meta, started, samples)
+        if not self.worker.submit(decide):
+            decide.abort("the device is busy; retry later")
+
+    def decide_capture(self, job: Inbound, req: Request, meta: dict[str, Any], started: float,
+                       samples: Any) -> None:
+        """Worker: the decision on recorded samples, answered like any request."""
+        try:
+            resp = self.handler.decide_capture(req, samples)
+        except EdgeVerifyError as exc:
+            resp = error_response(meta, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("capture decision failed")
+            resp = error_response(meta, INTERNAL, f"internal error: {type(exc).__name__}")
+        self._finish(job, resp, meta, started)
 
     # -- publishing --------------------------------------------------------------------------------
 
