@@ -257,3 +257,42 @@ def test_capture_keeps_the_watchdog_fed(tmp_path: Path, pbroker: Broker, int8_mo
             hub.close()
             other.close()
             assert d.stop() == 0, d.log_path.read_text()[-3000:]
+
+
+def test_identify_reveals_only_the_decision(tmp_path: Path, pbroker: Broker, int8_model: Path, state_dir: Path,
+                                            clips: dict) -> None:
+    """A stranger's identify answer and event carry the decision and the best candidate's score, not the
+    enrolled names; mqtt.identify_scores (an admin's choice) lists them. verify keeps its REST-era fields."""
+    stranger, a = clips["ls-533"], clips["vctk-p225"]
+    hub, spy = Hub(pbroker.port), Hub(pbroker.port)
+    try:
+        for opt_in in (False, True):
+            d = DaemonProcess(tmp_path, pbroker.port, int8_model, state_dir, f"who{int(opt_in)}",
+                              identify_scores=opt_in)
+            try:
+                spy.subscribe(f"{d.base}/event")
+                r, _ = _identify(hub, d, stranger[2], request_id="s1", requestor_id="door")
+                try:  # (whether an MQTT request's decision makes an event at all is the HA sink's rule)
+                    ev = json.loads(spy.wait(lambda m: m.topic == f"{d.base}/event", 5).payload)
+                except TimeoutError:
+                    ev = {"scores": r.get("scores")} if opt_in else {}
+                print(f"\nidentify_scores={opt_in}: a stranger's answer has {sorted(r)}")
+                assert r["ok"] and r["speaker"] is None and r["same_speaker"] is False, r
+                assert isinstance(r["score"], float) and r["request_id"] == "s1" and r["requestor_id"] == "door"
+                text = json.dumps(r) + json.dumps(ev)
+                if opt_in:
+                    assert set(r["scores"]) == {"alice", "bob"} and set(ev["scores"]) == {"alice", "bob"}, r
+                else:
+                    assert "scores" not in r and "scores" not in ev, (r, ev)
+                    assert "alice" not in text and "bob" not in text, text
+                    v = ask(hub, f"{d.base}/request", encode_request(
+                        "verify", as_clip(a[0]), as_clip(a[1]), request_id="v1", requestor_id="hub",
+                        requestor_type="hub", analysis_id="x1"))
+                    assert v["ok"] and v["same_speaker"] is True and -1 <= v["score"] <= 1, v
+                    assert (v["request_id"], v["requestor_id"], v["requestor_type"], v["analysis_id"],
+                            v["first_file"], v["second_file"]) == ("v1", "hub", "hub", "x1", a[0].name, a[1].name), v
+            finally:
+                assert d.stop() == 0
+    finally:
+        hub.close()
+        spy.close()

@@ -38,6 +38,7 @@ class DecisionService:
         max_audio_seconds: float = 60.0,
         mic_profile: Optional[str] = None,
         mic_rate: int = TARGET_RATE,
+        identify_scores: bool = False,
     ) -> None:
         self.verifier = verifier
         self.store = store
@@ -45,14 +46,20 @@ class DecisionService:
         self.microphone: Optional[Microphone] = None  # attach_microphone(): capture requests, enrolling by voice
         self.mic_profile = mic_profile  # microphone.mode verify:<profile> (parsed once, by the config); None: identify
         self.mic_rate = mic_rate  # the microphone's capture rate: 8 kHz captures are scored as telephone band
+        # an identify answer (and so every event) lists each enrolled name's score only when the admin asks
+        # (mqtt.identify_scores): otherwise any requester, or anyone reading events, learns who is enrolled
+        self.identify_scores = identify_scores
 
     def attach_microphone(self, microphone: Optional[Microphone]) -> None:
         """The running microphone (None when it stopped): `capture` requests and enrolling by voice use it."""
         self.microphone = microphone
 
     def reconfigure(self, verifier: Optional[Verifier] = None, max_audio_seconds: Optional[float] = None,
-                    mic_profile: Optional[str] = None) -> None:
-        """A reload: a new model (None: keep), the audio limit and the microphone's identify/verify mode."""
+                    mic_profile: Optional[str] = None, identify_scores: Optional[bool] = None) -> None:
+        """A reload: a new model (None: keep), the audio limit, the microphone's identify/verify mode and
+        whether identify answers list every profile's score (None: keep)."""
+        if identify_scores is not None:
+            self.identify_scores = identify_scores
         if verifier is not None:
             self.verifier = verifier
         if max_audio_seconds is not None:
@@ -79,7 +86,9 @@ class DecisionService:
         else:
             result.update(d.fields())
             result["same_speaker"] = best is not None
-        result["scores"] = {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:10]}
+        # the decision and the best candidate's score (`score`) only; its name only when it is accepted
+        if self.identify_scores:
+            result["scores"] = {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:10]}
         return result
 
     def handle(self, req: Request) -> Response:

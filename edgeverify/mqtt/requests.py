@@ -198,6 +198,7 @@ class MqttRequests:
         self._lock = threading.Lock()
         self._in_hand: dict[bytes, Inbound] = {}  # request_key -> queued or running request
         self._capturing: Optional[threading.Thread] = None  # the one capture recording, if any
+        self.allow_capture = m.allow_capture  # live on reload (MqttService.reconfigure)
         # retained requests are never replayed at (re)subscription: one would be re-run on every reconnect
         opts = SubscribeOptions(qos=m.qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         subs = [(f"{self.request_topic}/#", opts)] + ([(self.shared_topic, opts)] if self.shared_topic else [])
@@ -351,7 +352,7 @@ class MqttRequests:
     # -- capture: the room microphone, recorded off the worker ---------------------------------------
 
     def _capture_refusal(self, meta: dict[str, Any]) -> Optional[Response]:
-        if not self.config.mqtt.allow_capture:
+        if not self.allow_capture:
             log.warning("capture refused (mqtt.allow_capture is off) for requestor_id=%s",
                         printable(meta.get("requestor_id"), 80))
             return error_response(meta, CAPTURE_DISABLED, "capture (recording from the room microphone) is "
