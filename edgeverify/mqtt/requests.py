@@ -101,8 +101,9 @@ _JSON_FIELD = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"((?:[^"\\]|\\.
 
 def _json_field(payload: bytes, key: str) -> Optional[str]:
     """A string field of a JSON request found without parsing it (the network thread must not parse
-    megabytes): the first `"key": "value"` anywhere in the payload. Only used to pick a queue."""
-    m = _JSON_FIELD[key].search(payload)
+    megabytes): the first `"key": "value"` in its first 64 KiB (metadata comes before the audio in any
+    sensible request; a linear scan of that much is cheap whatever it holds). Only used to pick a queue."""
+    m = _JSON_FIELD[key].search(payload, 0, 65536)
     return None if m is None else m.group(1).decode("utf-8", "replace")
 
 
