@@ -296,3 +296,33 @@ def test_identify_reveals_only_the_decision(tmp_path: Path, pbroker: Broker, int
     finally:
         hub.close()
         spy.close()
+
+
+def test_request_settings_are_live_on_reload(tmp_path: Path, pbroker: Broker, int8_model: Path, state_dir: Path,
+                                             clips: dict) -> None:
+    """mqtt.identify_scores and mqtt.allow_capture follow a SIGHUP; raising max_payload_bytes is logged as
+    taking effect after a restart (the broker keeps the Maximum Packet Size announced at connect)."""
+    import signal
+
+    d = DaemonProcess(tmp_path, pbroker.port, int8_model, state_dir, "hup1")
+    hub = Hub(pbroker.port)
+    try:
+        r, _ = _identify(hub, d, clips["vctk-p225"][0])
+        cap = ask(hub, f"{d.base}/request", encode_request("capture"))
+        assert "scores" not in r and cap["error"]["code"] == "capture_disabled", (r, cap)
+        cfg = tmp_path / "hup1.yaml"
+        doc = json.loads(cfg.read_text())
+        doc["mqtt"].update(identify_scores=True, allow_capture=True)
+        doc["limits"]["max_payload_bytes"] = 20_000_000
+        cfg.write_text(json.dumps(doc))
+        at = len(d.notify.messages)
+        d.proc.send_signal(signal.SIGHUP)
+        d.notify.wait_for("READY=1", 10, since=d.notify.wait_for("RELOADING=1", 3, since=at))
+        r, _ = _identify(hub, d, clips["vctk-p225"][0])
+        cap = ask(hub, f"{d.base}/request", encode_request("capture"))
+        assert set(r["scores"]) == {"alice", "bob"}, r
+        assert cap["error"]["code"] == "bad_request" and "needs the microphone" in cap["error"]["message"], cap
+    finally:
+        hub.close()
+        assert d.stop() == 0
+    assert "larger requests are discarded by the broker until a restart" in d.log_path.read_text()
