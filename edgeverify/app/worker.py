@@ -70,11 +70,6 @@ class ModelWorker:
     def capacity(self) -> int:
         return self._capacity
 
-    def set_per_requester(self, per_requester: int) -> None:
-        """A reload (jobs already queued stay)."""
-        with self._cond:
-            self.per_requester = max(1, min(self._capacity, per_requester))
-
     def queued(self, requester: Optional[str] = None) -> int:
         """Network jobs waiting (of one requester, or all)."""
         with self._cond:
