@@ -147,10 +147,11 @@ class Daemon:
         self.store = ProfileStore(cfg.state_dir)
         log.info("%d profile(s) in %s", self.store.reload(), self.store.dir)
         self.service = DecisionService(verifier, self.store, cfg.limits.max_audio_seconds,
-                                       cfg.microphone.verify_profile, cfg.microphone.sample_rate)
+                                       cfg.microphone.verify_profile, cfg.microphone.sample_rate,
+                                       identify_scores=cfg.mqtt.identify_scores)
         self.counters = Counters()
         self.sinks = DecisionSinks(self.counters)
-        self.worker = ModelWorker(cfg.limits.queue_size)
+        self.worker = ModelWorker(cfg.limits.queue_size, cfg.limits.queue_per_requester)
         self.mqtt = MqttService(cfg, self.service, self.worker, self.counters, self.sinks,
                                 model_name=verifier.model_name)
         self.sinks.add(self.mqtt.ha)  # decisions from every source feed HA's event entity and retained state
@@ -244,8 +245,9 @@ class Daemon:
         for key in plan.restart:
             log.warning("reload: %s changed; it takes effect after a restart", key)
         new = plan.config
-        self.service.reconfigure(verifier, new.limits.max_audio_seconds, new.microphone.verify_profile)
-        self.mqtt.set_max_payload_bytes(new.limits.max_payload_bytes)
+        self.service.reconfigure(verifier, new.limits.max_audio_seconds, new.microphone.verify_profile,
+                                 identify_scores=new.mqtt.identify_scores)
+        self.mqtt.reconfigure(new)
         self.config = new
         count = self.store.reload()
         logging.getLogger().setLevel(new.log_level.upper())

@@ -269,6 +269,12 @@ class MqttConfig:
     reply_topics: list[str] = setting(
         doc='topic filters replies may go to, e.g. ["hub/answers/#"]; [] = any topic the reply-topic policy allows',
         check=Custom(_reply_topics, "list", "MQTT topic filters"), default_factory=list, reload=RESTART)
+    allow_capture: bool = setting(
+        False, doc="capture requests may record from the room microphone for any requester; off: capture_disabled "
+                   "error", check=Bool(), reload=LIVE)
+    identify_scores: bool = setting(
+        False, doc="identify answers and events list every enrolled name's score (tells any requester who is "
+                   "enrolled); off: the decision and the best candidate's score only", check=Bool(), reload=LIVE)
 
     def secret(self) -> Optional[str]:
         """The password, read from password_file when given (file content, trailing newline stripped)."""
@@ -322,6 +328,10 @@ class LimitsConfig:
     max_audio_seconds: float = setting(60.0, doc="longer clips get a too_long error", check=Num(1, 600), reload=LIVE)
     queue_size: int = setting(8, doc='requests waiting beyond this get an immediate "busy" error',
                               check=Int(1, 1000), reload=RESTART)
+    queue_per_requester: Optional[int] = setting(
+        None, doc='places one requester may hold in the queue (more: "busy"); null = all of them while nobody '
+                  'else waits (a full queue always makes room for a requester with fewer)',
+        check=Int(1, 1000), nullable=True, reload=RESTART)
 
 
 _VAD = VadConfig()  # the microphone's VAD keeps the core's defaults unless the config says otherwise
