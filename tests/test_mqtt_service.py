@@ -115,6 +115,10 @@ def test_service_connects_when_broker_appears_later(tmp_path: Path, int8_verifie
         try:
             hub.subscribe("homeassistant/#")
             hub.subscribe("edgeverify/late/response")
+            hub.subscribe("edgeverify/late/availability")
+            # "online" is published after the subscriptions (same connection, in order): once the hub has
+            # it, the broker has the request subscription and the request below cannot slip past it
+            hub.wait(lambda m: m.topic == "edgeverify/late/availability" and m.payload == b"online", 10)
             clip = sorted((speech_dir / "dev" / "vctk-p225").glob("*.wav"))[0]
             hub.publish("edgeverify/late/request", encode_request("identify", (clip.name, clip.read_bytes()), request_id="L"))
             m = hub.wait(lambda m: m.topic == "edgeverify/late/response", 10)
