@@ -11,12 +11,19 @@ logged-in user of the connection, which the agent rightly keeps), so the stand-i
 to HA's wyoming integration the way wyoming-satellite is. What HA's own agent received is observed
 where HA puts it: the agent turns on `input_boolean.porch_lamp` (HassTurnOn), and the lamp's state
 carries the context the intent ran in, whose user is the one our agent passed on.
+
+With EDGEVERIFY_HA_SCREENSHOTS=<dir> (and node with playwright-core: PLAYWRIGHT_DIR=<where `npm install
+playwright-core` ran>, Chromium at /usr/bin/chromium or CHROMIUM), the last test also saves screenshots
+of what this HA shows (screenshots.mjs) into <dir>, as the docs' images are made:
+
+    EDGEVERIFY_HA_SCREENSHOTS=docs/images PLAYWRIGHT_DIR=/tmp/pw tests/ha_companion/run.sh -k satellite
 """
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,8 +106,9 @@ def env(request: pytest.FixtureRequest, int8_verifier: Any, int8_model: Path, sp
     started = time.monotonic()
     with Broker() as broker:
         wyoming = {"enabled": True, "uri": f"tcp://127.0.0.1:{proxy_port}", "stt_uri": f"tcp://127.0.0.1:{stt.port}"}
-        daemon = DaemonProcess(work, broker.port, int8_model, work / "state", DEVICE, extra={"wyoming": wyoming},
-                               topic_prefix="edgeverify")
+        # the model by name, as a user's config names it (HA's device page shows it)
+        daemon = DaemonProcess(work, broker.port, "ecapa", work / "state", DEVICE,  # type: ignore[arg-type]
+                               extra={"precision": "int8", "wyoming": wyoming}, topic_prefix="edgeverify")
         hub = Hub(broker.port)
         hub.subscribe("homeassistant/status")
         http_port = free_port()
@@ -190,3 +198,19 @@ def test_04_no_warnings_from_integrations(env: Env) -> None:
             print(f"\nno ffmpeg on this machine: HA's TTS could not convert the answer ({len(no_ffmpeg)} errors)")
         bad = [line for line in bad if line not in no_ffmpeg]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.skipif(not os.environ.get("EDGEVERIFY_HA_SCREENSHOTS"), reason="EDGEVERIFY_HA_SCREENSHOTS not set")
+def test_05_screenshots(env: Env) -> None:
+    out = Path(os.environ["EDGEVERIFY_HA_SCREENSHOTS"]).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    devices = env.ha.ws({"type": "config/device_registry/list"})
+    ours = [d["id"] for d in devices if ["mqtt", f"edgeverify_{DEVICE}"] in d["identifiers"]]
+    assert ours, [d["identifiers"] for d in devices]
+    env.say("alice")  # the device page shows her as the last speaker, her sensor as just heard
+    subprocess.run(["node", str(Path(__file__).with_name("screenshots.mjs")), env.ha.url, env.ha.token, str(out),
+                    ours[0], "Alice"], check=True, timeout=180)
+    # 256-colour PNGs: a few dozen KB each instead of a few hundred
+    subprocess.run([str(HA_PYTHON), "-c", "import sys; from PIL import Image\n"
+                    "for p in sys.argv[1:]: Image.open(p).convert('RGB').quantize(256).save(p, optimize=True)",
+                    *[str(out / f"ha-{n}.png") for n in ("device", "who-is-who", "heard")]], check=True)
