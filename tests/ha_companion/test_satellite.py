@@ -209,8 +209,9 @@ def test_05_screenshots(env: Env) -> None:
     assert ours, [d["identifiers"] for d in devices]
     env.say("alice")  # the device page shows her as the last speaker, her sensor as just heard
     subprocess.run(["node", str(Path(__file__).with_name("screenshots.mjs")), env.ha.url, env.ha.token, str(out),
-                    ours[0], "Alice"], check=True, timeout=180)
+                    ours[0], "Alice", env.ha.ws({"type": "assist_pipeline/pipeline/list"})["preferred_pipeline"]],
+                   check=True, timeout=180)
     # 256-colour PNGs: a few dozen KB each instead of a few hundred
     subprocess.run([str(HA_PYTHON), "-c", "import sys; from PIL import Image\n"
                     "for p in sys.argv[1:]: Image.open(p).convert('RGB').quantize(256).save(p, optimize=True)",
-                    *[str(out / f"ha-{n}.png") for n in ("device", "who-is-who", "heard")]], check=True)
+                    *[str(out / f"ha-{n}.png") for n in ("device", "who-is-who", "heard", "heard-attributes", "pipeline-debug")]], check=True)
