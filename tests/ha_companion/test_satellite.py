@@ -21,6 +21,7 @@ of what this HA shows (screenshots.mjs) into <dir>, as the docs' images are made
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -200,8 +201,28 @@ def test_04_no_warnings_from_integrations(env: Env) -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_05_assist_dialog_keeps_the_logged_in_user(env: Env, tmp_path: Path) -> None:
+    """The same pipeline from HA's websocket API with the audio as binary messages (HA's Assist dialog
+    with the microphone): the words go through our proxy unchanged, and the logged-in user (tester)
+    stays the request's user although the voice is Alice's."""
+    env.ha.post("/api/services/input_boolean/turn_off", {"entity_id": LAMP})
+    wait_for("the lamp off", lambda: env.ha.state(LAMP)["state"] == "off", 10)
+    pcm = tmp_path / "alice.pcm"
+    pcm.write_bytes(env.clips["alice"])
+    pipeline = env.ha.ws({"type": "assist_pipeline/pipeline/list"})["preferred_pipeline"]
+    out = subprocess.run([str(HA_PYTHON), str(Path(__file__).with_name("ws_audio.py")), env.ha.url, env.ha.token,
+                          pipeline, str(pcm)], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr[-2000:]
+    by_type = {e["type"]: e.get("data") for e in json.loads(out.stdout)}
+    assert "error" not in by_type, by_type["error"]
+    assert by_type["stt-end"]["stt_output"]["text"] == TEXT
+    assert by_type["intent-start"]["engine"] == AGENT
+    lamp = wait_for("the lamp on", lambda: (s := env.ha.state(LAMP))["state"] == "on" and s, 15)
+    assert lamp["context"]["user_id"] == env.users["tester"], (lamp["context"], env.users)
+
+
 @pytest.mark.skipif(not os.environ.get("EDGEVERIFY_HA_SCREENSHOTS"), reason="EDGEVERIFY_HA_SCREENSHOTS not set")
-def test_05_screenshots(env: Env) -> None:
+def test_06_screenshots(env: Env) -> None:
     out = Path(os.environ["EDGEVERIFY_HA_SCREENSHOTS"]).resolve()
     out.mkdir(parents=True, exist_ok=True)
     devices = env.ha.ws({"type": "config/device_registry/list"})
