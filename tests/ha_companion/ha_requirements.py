@@ -17,7 +17,7 @@ import homeassistant.components as components
 REPO = Path(__file__).resolve().parents[2]
 # what tests/ha_companion/harness.py's configuration.yaml names
 CONFIGURED = {"http", "api", "mqtt", "conversation", "assist_pipeline", "person", "logger", "mqtt_statestream",
-              "automation", "homeassistant"}
+              "automation", "homeassistant", "wyoming", "input_boolean"}
 
 
 def main() -> int:

@@ -144,7 +144,23 @@ def write_auth(storage: Path) -> Users:
     return users
 
 
-def write_ha_config(config_dir: Path, broker_port: int, http_port: int) -> Users:
+def add_config_entries(config_dir: Path, entries: list[dict[str, Any]]) -> None:
+    """More config entries in .storage/core.config_entries, as HA's config flows would store them:
+    each {"domain", "title", "data", "options"} (the rest filled in)."""
+    path = config_dir / ".storage" / "core.config_entries"
+    doc = json.loads(path.read_text())
+    now = datetime.now(timezone.utc).isoformat()
+    for e in entries:
+        doc["data"]["entries"].append({
+            "created_at": now, "modified_at": now, "data": e.get("data", {}), "disabled_by": None,
+            "discovery_keys": {}, "domain": e["domain"], "entry_id": secrets.token_hex(13).upper(),
+            "minor_version": 1, "options": e.get("options", {}), "pref_disable_new_entities": False,
+            "pref_disable_polling": False, "source": "user", "subentries": [], "title": e["title"],
+            "unique_id": None, "version": 1})
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def write_ha_config(config_dir: Path, broker_port: int, http_port: int, extra_yaml: str = "") -> Users:
     write_config(config_dir, broker_port, http_port)  # the MQTT config entry (and a configuration.yaml we replace)
     users = write_auth(config_dir / ".storage")
     persons = "\n".join([
@@ -152,7 +168,7 @@ def write_ha_config(config_dir: Path, broker_port: int, http_port: int) -> Users
         f"  - name: Bob\n    id: bob\n    user_id: {users.ids['bob']}",
         "  - name: Carol\n    id: carol",
     ])
-    (config_dir / "configuration.yaml").write_text(CONFIGURATION_YAML.format(http_port=http_port, persons=persons))
+    (config_dir / "configuration.yaml").write_text(CONFIGURATION_YAML.format(http_port=http_port, persons=persons) + extra_yaml)
     custom = config_dir / "custom_components"
     custom.mkdir(exist_ok=True)
     (custom / "edgeverify").symlink_to(REPO / "custom_components" / "edgeverify", target_is_directory=True)

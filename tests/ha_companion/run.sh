@@ -5,7 +5,8 @@
 #   HA_VERSION=2025.4.4 HA_VENV=.venv-ha-2025.4 tests/ha_companion/run.sh    # another HA release
 #   tests/ha_companion/run.sh -k heard   # arguments go to pytest
 #
-# First run on a fresh machine: installing HA takes 1-3 minutes (network: PyPI); the test itself about a minute.
+# First run on a fresh machine: installing HA takes 1-3 minutes (network: PyPI); the tests about 2.5 minutes
+# (two HAs: test_companion.py and test_satellite.py, the satellite path with our daemon; 2 cores).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 [ -x .venv/bin/python ] || ./install.sh --dev

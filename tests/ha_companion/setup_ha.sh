@@ -14,7 +14,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HA_VENV=${HA_VENV:-.venv-ha}
+sync_requirements() {  # a kept venv gets what integrations the tests added since it was made
+    local want
+    want=$("$HA_VENV/bin/python" tests/ha_companion/ha_requirements.py 2>/dev/null)
+    if [ "$want" != "$(cat "$HA_VENV/integration-requirements.txt" 2>/dev/null)" ]; then
+        printf '%s\n' "$want" > "$HA_VENV/integration-requirements.txt"
+        "$HA_VENV/bin/pip" install -q --ignore-requires-python -r "$HA_VENV/integration-requirements.txt"
+    fi
+}
 if [ -z "${HA_VERSION:-}" ] && [ -f "$HA_VENV/.edgeverify-ready" ]; then  # no version asked: keep what is there
+    sync_requirements
     echo "$HA_VENV: Home Assistant $("$HA_VENV/bin/python" -c 'import homeassistant.const as c; print(c.__version__)') ready"
     exit 0
 fi
@@ -31,6 +40,7 @@ if [ -z "$base" ] || ! "$base" -c 'import sys; sys.exit(sys.version_info < (3, 1
 fi
 if [ -x "$HA_VENV/bin/python" ] && [ "$("$HA_VENV/bin/python" -c 'import homeassistant.const as c; print(c.__version__)' 2>/dev/null)" = "$HA_VERSION" ] \
     && [ -f "$HA_VENV/.edgeverify-ready" ]; then
+    sync_requirements
     echo "$HA_VENV: Home Assistant $HA_VERSION ready"
     exit 0
 fi

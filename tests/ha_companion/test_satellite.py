@@ -1,0 +1,238 @@
+"""The satellite path end to end in a real Home Assistant Core (opt-in: tests/ha_companion/run.sh).
+
+    stand-in Wyoming satellite --audio--> HA (wyoming integration, assist_satellite)
+        -> Assist pipeline: STT = our daemon's Wyoming proxy (in front of a stand-in STT)
+                            conversation agent = the companion agent, wrapping HA's own agent
+    daemon (real int8 model; alice and bob enrolled from real recordings) --decision + utterance--> MQTT
+        -> the companion integration -> Context.user_id of the mapped person -> HA's own agent
+
+A satellite's pipeline runs with no logged-in user (a websocket `assist_pipeline/run` would carry the
+logged-in user of the connection, which the agent rightly keeps), so the stand-in satellite is served
+to HA's wyoming integration the way wyoming-satellite is. What HA's own agent received is observed
+where HA puts it: the agent turns on `input_boolean.porch_lamp` (HassTurnOn), and the lamp's state
+carries the context the intent ran in, whose user is the one our agent passed on.
+
+With EDGEVERIFY_HA_SCREENSHOTS=<dir> (and node with playwright-core: PLAYWRIGHT_DIR=<where `npm install
+playwright-core` ran>, Chromium at /usr/bin/chromium or CHROMIUM), the last test also saves screenshots
+of what this HA shows (screenshots.mjs) into <dir>, as the docs' images are made:
+
+    EDGEVERIFY_HA_SCREENSHOTS=docs/images PLAYWRIGHT_DIR=/tmp/pw tests/ha_companion/run.sh -k satellite
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from harness import HA, HA_PYTHON, add_config_entries, ha_version, write_ha_config
+
+if not HA_PYTHON.exists():
+    pytest.skip("no Home Assistant venv (tests/ha_companion/setup_ha.sh makes .venv-ha; run.sh runs this test)",
+                allow_module_level=True)
+pytest.importorskip("wyoming")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from broker import MOSQUITTO, Broker, Hub, free_port  # noqa: E402
+from daemon_process import DaemonProcess  # noqa: E402
+from stand_ins import Loop, Satellite, Stt, Tts  # noqa: E402
+from wyoming_helpers import ENROLL, PROBE, STRANGER, pcm16  # noqa: E402
+
+if MOSQUITTO is None:
+    pytest.skip("mosquitto not installed", allow_module_level=True)
+
+DEVICE = "satproxy"
+LAMP = "input_boolean.porch_lamp"
+TEXT = "Turn ON the porch lamp, please"  # what the stand-in STT hears in everything (HA must get it as is)
+AGENT = "conversation.edgeverify"
+EXTRA_YAML = """
+input_boolean:
+  porch_lamp:
+    name: Porch lamp
+"""
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Env:
+    def __init__(self, ha: HA, users: dict[str, str], satellite: Satellite, stt: Stt, daemon: DaemonProcess,
+                 hub: Hub, clips: dict[str, bytes]) -> None:
+        self.ha, self.users, self.satellite, self.stt, self.daemon, self.hub, self.clips = \
+            ha, users, satellite, stt, daemon, hub, clips
+
+    def say(self, who: str) -> dict[str, Any]:
+        """`who`'s recording through the satellite; the lamp's state after HA's agent turned it on."""
+        self.ha.post("/api/services/input_boolean/turn_off", {"entity_id": LAMP})
+        wait_for("the lamp off", lambda: self.ha.state(LAMP)["state"] == "off", 10)
+        transcript, errors = self.satellite.speak(self.clips[who])
+        assert errors == [], errors
+        assert transcript == TEXT, (transcript, TEXT)  # HA got the stand-in STT's text through our proxy unchanged
+        return wait_for("the lamp on (HA's agent ran HassTurnOn)", lambda: (s := self.ha.state(LAMP))["state"] == "on" and s, 15)
+
+
+@pytest.fixture(scope="module")
+def env(request: pytest.FixtureRequest, int8_verifier: Any, int8_model: Path, speech_dir: Path) -> Any:
+    from edgeverify.core.audio import read_audio
+    from edgeverify.store.profiles import ProfileStore
+
+    work = Path(tempfile.mkdtemp(prefix="edgeverify-ha-satellite-"))
+    store = ProfileStore(work / "state")
+    for name, (spk, clips) in ENROLL.items():
+        store.enroll(name, [int8_verifier.embed(read_audio(speech_dir / "dev" / spk / f"{c}.wav")) for c in clips],
+                     clips, model="int8")
+    clips = {name: pcm16(speech_dir / "dev" / spk / f"{clip}.wav") for name, (spk, clip) in PROBE.items()}
+    clips["stranger"] = pcm16(sorted((speech_dir / "dev" / STRANGER[0]).glob("*.wav"))[0])
+
+    loop = Loop()
+    stt = Stt(loop, free_port(), TEXT)
+    tts = Tts(loop, free_port())
+    satellite = Satellite(loop, free_port())
+    proxy_port = free_port()
+    started = time.monotonic()
+    with Broker() as broker:
+        wyoming = {"enabled": True, "uri": f"tcp://127.0.0.1:{proxy_port}", "stt_uri": f"tcp://127.0.0.1:{stt.port}"}
+        # the model by name, as a user's config names it (HA's device page shows it)
+        daemon = DaemonProcess(work, broker.port, "ecapa", work / "state", DEVICE,  # type: ignore[arg-type]
+                               extra={"precision": "int8", "wyoming": wyoming}, topic_prefix="edgeverify")
+        hub = Hub(broker.port)
+        hub.subscribe("homeassistant/status")
+        http_port = free_port()
+        users = write_ha_config(work / "ha", broker.port, http_port, EXTRA_YAML)
+        add_config_entries(work / "ha", [
+            {"domain": "wyoming", "title": "edgeverify proxy", "data": {"host": "127.0.0.1", "port": proxy_port}},
+            {"domain": "wyoming", "title": "stand-in TTS", "data": {"host": "127.0.0.1", "port": tts.port}},
+            {"domain": "wyoming", "title": "stand-in satellite", "data": {"host": "127.0.0.1", "port": satellite.port}},
+            {"domain": "edgeverify", "title": "edgeverify", "options": {
+                "devices": [f"edgeverify/{DEVICE}"], "agent_id": "conversation.home_assistant",
+                "unknown_voice": "pass_through", "window_s": 15, "wait_s": 2, "heard_for_s": 300,
+                "voices": {"alice": "person.alice", "bob": "person.bob"}}},
+        ])
+        ha = HA(work / "ha", http_port, users.token)
+        e = Env(ha, users.ids, satellite, stt, daemon, hub, clips)
+        try:
+            ha.start()
+            ha.wait_running()
+            hub.wait(lambda m: m.topic == "homeassistant/status" and m.payload == b"online", timeout=60)
+            print(f"\nHome Assistant Core {ha_version()} running after {time.monotonic() - started:.1f} s ({work})")
+            states = ha.get("/api/states")
+            stts = [s["entity_id"] for s in states if s["entity_id"].startswith("stt.")]
+            ttss = [s["entity_id"] for s in states if s["entity_id"].startswith("tts.")]
+            assert len(stts) == 1 and len(ttss) == 1, (stts, ttss)  # our proxy (as HA's STT) and the stand-in TTS
+            pipeline = ha.ws({"type": "assist_pipeline/pipeline/create", "name": "edgeverify voice", "language": "en",
+                              "conversation_engine": AGENT, "conversation_language": "en",
+                              "stt_engine": stts[0], "stt_language": "en", "tts_engine": ttss[0], "tts_language": "en",
+                              "tts_voice": None, "wake_word_entity": None, "wake_word_id": None,
+                              "prefer_local_intents": False})
+            ha.ws({"type": "assist_pipeline/pipeline/set_preferred", "pipeline_id": pipeline["id"]})
+            ha.ws({"type": "homeassistant/expose_entity", "assistants": ["conversation"], "entity_ids": [LAMP],
+                   "should_expose": True})
+            satellite.wait_running()
+            yield e
+        finally:
+            hub.close()
+            ha.stop()
+            daemon.stop()
+            for s in (satellite, tts, stt):
+                s.stop()
+            loop.close()
+            if request.session.testsfailed:
+                print(f"\nkept {work} (ha/home-assistant.log, {DEVICE}.log)")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def test_01_enrolled_voices_reach_the_agent_as_their_person(env: Env) -> None:
+    for who in ("alice", "bob"):
+        lamp = env.say(who)
+        assert lamp["context"]["user_id"] == env.users[who], (who, lamp["context"], env.users)
+
+
+def test_02_stranger_reaches_the_agent_with_no_user(env: Env) -> None:
+    before = env.stt.transcripts
+    lamp = env.say("stranger")
+    assert env.stt.transcripts == before + 1  # the words went through the proxy to the STT as for anyone
+    assert lamp["context"]["user_id"] is None, lamp["context"]
+
+
+def test_03_the_pipeline_ran_through_our_proxy_and_agent(env: Env) -> None:
+    """HA's own record of the runs (the pipeline debug the UI shows): STT = the proxy's entity, the
+    transcript unchanged, and our agent as the conversation engine."""
+    pipeline = env.ha.ws({"type": "assist_pipeline/pipeline/list"})["preferred_pipeline"]
+    runs = env.ha.ws({"type": "assist_pipeline/pipeline_debug/list", "pipeline_id": pipeline})["pipeline_runs"]
+    assert len(runs) >= 3, runs
+    for run in runs[-3:]:
+        events = env.ha.ws({"type": "assist_pipeline/pipeline_debug/get", "pipeline_id": pipeline,
+                            "pipeline_run_id": run["pipeline_run_id"]})["events"]
+        by_type = {e["type"]: e["data"] for e in events}
+        assert "error" not in by_type, by_type.get("error")
+        assert by_type["stt-end"]["stt_output"]["text"] == TEXT
+        assert by_type["intent-start"]["engine"] == AGENT and by_type["intent-start"]["intent_input"] == TEXT
+        assert by_type["intent-end"]["intent_output"]["response"]["response_type"] == "action_done", by_type["intent-end"]
+
+
+def test_04_no_warnings_from_integrations(env: Env) -> None:
+    """No WARNING/ERROR from HA's integrations or ours. HA's TTS converts the answer for the satellite with
+    ffmpeg, which every HA install has; on a machine without it (apt-get install ffmpeg) that one error
+    is reported, not failed."""
+    lines = env.ha.log_lines()
+    bad = [line for line in lines if (" WARNING " in line or " ERROR " in line)
+           and ("[homeassistant.components." in line or "[custom_components." in line)]
+    if shutil.which("ffmpeg") is None:
+        no_ffmpeg = [line for line in bad if "[homeassistant.components.tts]" in line and "'ffmpeg'" in line]
+        if no_ffmpeg:
+            print(f"\nno ffmpeg on this machine: HA's TTS could not convert the answer ({len(no_ffmpeg)} errors)")
+        bad = [line for line in bad if line not in no_ffmpeg]
+    assert not bad, "\n".join(bad)
+
+
+def test_05_assist_dialog_keeps_the_logged_in_user(env: Env, tmp_path: Path) -> None:
+    """The same pipeline from HA's websocket API with the audio as binary messages (HA's Assist dialog
+    with the microphone): the words go through our proxy unchanged, and the logged-in user (tester)
+    stays the request's user although the voice is Alice's."""
+    env.ha.post("/api/services/input_boolean/turn_off", {"entity_id": LAMP})
+    wait_for("the lamp off", lambda: env.ha.state(LAMP)["state"] == "off", 10)
+    pcm = tmp_path / "alice.pcm"
+    pcm.write_bytes(env.clips["alice"])
+    pipeline = env.ha.ws({"type": "assist_pipeline/pipeline/list"})["preferred_pipeline"]
+    out = subprocess.run([str(HA_PYTHON), str(Path(__file__).with_name("ws_audio.py")), env.ha.url, env.ha.token,
+                          pipeline, str(pcm)], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr[-2000:]
+    by_type = {e["type"]: e.get("data") for e in json.loads(out.stdout)}
+    assert "error" not in by_type, by_type["error"]
+    assert by_type["stt-end"]["stt_output"]["text"] == TEXT
+    assert by_type["intent-start"]["engine"] == AGENT
+    lamp = wait_for("the lamp on", lambda: (s := env.ha.state(LAMP))["state"] == "on" and s, 15)
+    assert lamp["context"]["user_id"] == env.users["tester"], (lamp["context"], env.users)
+
+
+@pytest.mark.skipif(not os.environ.get("EDGEVERIFY_HA_SCREENSHOTS"), reason="EDGEVERIFY_HA_SCREENSHOTS not set")
+def test_06_screenshots(env: Env) -> None:
+    out = Path(os.environ["EDGEVERIFY_HA_SCREENSHOTS"]).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    devices = env.ha.ws({"type": "config/device_registry/list"})
+    ours = [d["id"] for d in devices if ["mqtt", f"edgeverify_{DEVICE}"] in d["identifiers"]]
+    assert ours, [d["identifiers"] for d in devices]
+    env.say("alice")  # the device page shows her as the last speaker, her sensor as just heard
+    subprocess.run(["node", str(Path(__file__).with_name("screenshots.mjs")), env.ha.url, env.ha.token, str(out),
+                    ours[0], "Alice", env.ha.ws({"type": "assist_pipeline/pipeline/list"})["preferred_pipeline"]],
+                   check=True, timeout=180)
+    # 256-colour PNGs: a few dozen KB each instead of a few hundred
+    subprocess.run([str(HA_PYTHON), "-c", "import sys; from PIL import Image\n"
+                    "for p in sys.argv[1:]: Image.open(p).convert('RGB').quantize(256).save(p, optimize=True)",
+                    *[str(out / f"ha-{n}.png") for n in ("device", "who-is-who", "heard", "heard-attributes", "pipeline-debug")]], check=True)
