@@ -54,7 +54,7 @@ def test_defaults() -> None:
         ({"threshold": 2}, "threshold: must be a number -1-1, got 2"),
         ({"threshold": True}, "threshold: must be a number"),
         ({"model": "int4"}, "model: must be auto, ecapa, campp or a path to an .onnx file"),
-        ({"model": 8}, "model: must be ecapa, campp"),
+        ({"model": 8}, "model: must be auto, ecapa, campp"),
         ({"precision": "int4"}, "precision: must be one of int8, fp32, got 'int4'"),
         ({"model": "fp32", "precision": "int8"}, "precision: contradicts model: fp32"),
         ({"device_id": "kitchen\n"}, "device_id: must be 1-64 characters"),
