@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..core.audio import TARGET_RATE, audio_from_array
-from ..store.config import AdminConfig
+from ..store.config import PROFILE_NAME_RE, AdminConfig
 from ..store.enrollment import EnrollmentReport, enroll
 from ..errors import AdminDisabledError, EdgeVerifyError, RequestError
 from ..store.profiles import check_name
@@ -33,11 +33,26 @@ REENROLL_STATUS = "re-enroll"  # HA's enroll state while profiles of another mod
 
 
 def shown(text: Optional[str], limit: int = 80) -> str:
-    """A name or other client text as it may appear in a log line: quoted, control characters and line
-    breaks escaped (repr), cut short -- one request can never forge or split a journal line."""
+    """A name as it may appear in a log line: a valid profile name as it is, anything else quoted with
+    control characters and line breaks escaped (repr) and cut short -- a request can never forge or split
+    a journal line."""
     if text is None:
         return "None"
+    if PROFILE_NAME_RE.fullmatch(text):
+        return text
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def reenroll_status(service: DecisionService) -> Optional[str]:
+    """The message for Home Assistant's enroll status (status REENROLL_STATUS) while some profiles were
+    enrolled with another model than the running one ("2 profile(s) not scored by campp: ...; re-enroll
+    them"); None when every profile is scored."""
+    if service.verifier is None:
+        return None
+    try:
+        return check_profiles(service.store, service.verifier.model).problem
+    except EdgeVerifyError:
+        return None
 
 
 @dataclass
@@ -104,10 +119,11 @@ class AdminHandler:
         try:
             if req.type == "list":
                 profiles = self.service.store.list()
-                model = self.service.verifier.model
-                result: dict[str, Any] = {"model": model.to_dict(), "profiles": [
+                verifier = self.service.verifier  # None: a service without a model (tests of the adapters)
+                model = None if verifier is None else verifier.model
+                result: dict[str, Any] = {"model": None if model is None else model.to_dict(), "profiles": [
                     {"name": p.name, "clips": p.clips, "created": p.created, "model": p.model.to_dict(),
-                     "scored": p.model.same_model(model)} for p in profiles
+                     "scored": None if model is None else p.model.same_model(model)} for p in profiles
                 ]}
                 return self._done(req, Response(ok=True, meta=req.meta(), result=result))
             if req.type == "forget":
@@ -149,12 +165,8 @@ class AdminHandler:
         return self._done(req, error_response(req.meta(), exc.code, exc.message))
 
     def reenroll_status(self) -> Optional[str]:
-        """What Home Assistant's enroll status should say while some profiles were enrolled with another
-        model (status REENROLL_STATUS): None when every profile is scored."""
-        try:
-            return check_profiles(self.service.store, self.service.verifier.model).problem
-        except EdgeVerifyError:
-            return None
+        """See reenroll_status(service)."""
+        return reenroll_status(self.service)
 
     @staticmethod
     def _enroll_response(req: AdminRequest, report: EnrollmentReport) -> Response:
