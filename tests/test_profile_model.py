@@ -19,6 +19,7 @@ from edgeverify.app.decisions import DecisionService
 from edgeverify.app.model import build_verifier, check_profiles, choose_model, load_verifier
 from edgeverify.app.protocol import encode_request, parse_request
 from edgeverify.core import model_store
+from edgeverify.core.audio import read_audio
 from edgeverify.core.model_identity import ModelIdentity, from_record, of_model_file
 from edgeverify.core.verifier import Verifier
 from edgeverify.errors import ConfigError, ModelError, ProfileModelMismatchError
@@ -27,6 +28,8 @@ from edgeverify.store.enrollment import enroll
 from edgeverify.store.profiles import ProfileStore
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from broker import MOSQUITTO  # noqa: E402
 
 
 def _clips(speech_dir: Path, speaker: str) -> list[Path]:
@@ -236,3 +239,37 @@ def test_admin_logs_names_escaped_and_refuses_a_trailing_newline(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and all("alice" in line for line in lines)
     assert not any(ch in line for line in lines for ch in "\n\r\x1b\u2028"), lines
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
+def test_the_daemon_reports_and_refuses_profiles_of_another_model(
+    tmp_path: Path, broker, hub, people: dict[str, list[Path]], int8_verifier: Verifier, int8_model: Path  # noqa: ANN001
+) -> None:
+    """`edgeverify run` on ECAPA with one ECAPA profile and one written by a CAM++ device: the journal and
+    the sd_notify status say so at start, verify against the CAM++ profile answers profile_model_mismatch
+    over MQTT, identify names the ECAPA speaker and counts the skipped one."""
+    from daemon_process import DaemonProcess, ask
+
+    state = tmp_path / "state"
+    store = ProfileStore(state)
+    assert enroll(int8_verifier, store, "alice", people["alice"][:3]).ok
+    campp = ModelIdentity("campp", "int8", "c" * 64)
+    # carol's profile as a CAM++ device writes it (here from ECAPA embeddings: only the record refuses it)
+    store.enroll("carol", [int8_verifier.embed(read_audio(f)) for f in people["bob"][:3]], model=campp)
+    d = DaemonProcess(tmp_path, broker.port, int8_model, state, "mixed")
+    try:
+        statuses = [m for _, m in d.notify.messages if m.startswith("STATUS=") or "\nSTATUS=" in m]
+        assert any("1 profile(s) not scored by ecapa" in m and "carol" in m and "re-enroll" in m for m in statuses), statuses
+        assert any("(1 of another model: re-enroll)" in m for m in statuses), statuses  # READY=1's status line
+        log = d.log_path.read_text()
+        assert "1 profile(s) not scored by ecapa: 1 enrolled with campp (carol); re-enroll them" in log
+        topic = f"{d.base}/request"
+        r = ask(hub, topic, encode_request("verify_profile", first=(people["bob"][3].name, people["bob"][3].read_bytes()),
+                                           profile="carol"))
+        assert r["ok"] is False and r["error"]["code"] == "profile_model_mismatch", r
+        assert "re-enroll 'carol'" in r["error"]["message"]
+        r = ask(hub, topic, encode_request("identify", first=(people["alice"][3].name, people["alice"][3].read_bytes())))
+        assert r["ok"] and r["speaker"] == "alice" and r["skipped_profiles"]["count"] == 1, r
+        assert "carol" not in r["scores"]
+    finally:
+        d.stop()
