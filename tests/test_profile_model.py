@@ -32,6 +32,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MOSQUITTO  # noqa: E402
 
 
+def _load_ecapa(precision: str) -> Verifier:
+    """ECAPA by name, whatever the default model is (skips when not built, fails when CI requires it)."""
+    import os
+
+    try:
+        return Verifier.load("ecapa", precision=precision)
+    except ModelError as exc:
+        if os.environ.get("EDGEVERIFY_REQUIRE_MODEL") == "1":
+            pytest.fail(f"ecapa {precision} model required but missing: {exc.message}")
+        pytest.skip(exc.message)
+
+
+@pytest.fixture(scope="module")
+def ecapa() -> Verifier:
+    """The real ECAPA int8 model, as a device of the previous release ran it."""
+    return _load_ecapa("int8")
+
+
 def _clips(speech_dir: Path, speaker: str) -> list[Path]:
     files = sorted((speech_dir / "dev" / speaker).glob("*.wav"))
     assert len(files) >= 4, f"{speaker}: need 4 recordings"
@@ -64,7 +82,7 @@ def _request(kind: str, clip: Path, **fields: object):
     return parse_request(encode_request(kind, first=(clip.name, clip.read_bytes()), **fields))
 
 
-def _campp_verifier(ecapa: Verifier) -> Verifier:
+def _campp_verifier(ecapa_verifier: Verifier) -> Verifier:
     """The CAM++ model when it is built here; until then ECAPA's own embedder and cohort under CAM++'s
     name -- its scores against ECAPA profiles would even look plausible, which is the point: the refusal
     must come from the recorded model, never from the numbers."""
@@ -73,7 +91,7 @@ def _campp_verifier(ecapa: Verifier) -> Verifier:
             return build_verifier("campp", score_mode=score)
         except (ModelError, ConfigError):
             continue
-    return Verifier(ecapa.embedder, scorer=ecapa.scorer, model_name="campp",
+    return Verifier(ecapa_verifier.embedder, scorer=ecapa_verifier.scorer, model_name="campp",
                     model=ModelIdentity("campp", "int8", "c" * 64))
 
 
@@ -88,29 +106,29 @@ def test_the_model_record_of_profiles_from_earlier_releases() -> None:
     assert from_record({"name": "campp", "precision": "int4", "sha256": "x"}) == ModelIdentity("campp", "", None)
 
 
-def test_a_loaded_model_knows_its_identity_and_the_sha_is_of_the_file(int8_verifier: Verifier, int8_model: Path,
-                                                                      tmp_path: Path) -> None:
+def test_a_loaded_model_knows_its_identity_and_the_sha_is_of_the_file(ecapa: Verifier, tmp_path: Path) -> None:
     import hashlib
 
-    m = int8_verifier.model
+    m = ecapa.model
     assert (m.name, m.precision) == ("ecapa", "int8")
+    int8_model = ecapa.embedder.path
     assert m.sha256 == hashlib.sha256(int8_model.read_bytes()).hexdigest()
     # a copy under any file name is still ECAPA (our builds say so in their metadata), the same file
     copy = tmp_path / "renamed.onnx"
     copy.write_bytes(int8_model.read_bytes())
-    assert of_model_file(copy, int8_verifier.embedder.metadata) == m
+    assert of_model_file(copy, ecapa.embedder.metadata) == m
     # the package version stamped in the metadata (`producer`) plays no part in the identity
-    assert of_model_file(copy, {**int8_verifier.embedder.metadata, "producer": "edgeverify 9.9"}) == m
+    assert of_model_file(copy, {**ecapa.embedder.metadata, "producer": "edgeverify 9.9"}) == m
 
 
 def test_upgrading_a_device_with_ecapa_profiles_never_gives_a_wrong_score(
-    tmp_path: Path, people: dict[str, list[Path]], int8_verifier: Verifier, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, people: dict[str, list[Path]], ecapa: Verifier, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # a device of the previous release: ECAPA profiles, recorded as that release recorded them
     store = ProfileStore(tmp_path)
     for name in ("alice", "bob"):
-        report = enroll(int8_verifier, store, name, people[name][:3])
+        report = enroll(ecapa, store, name, people[name][:3])
         assert report.ok, report.error
         _as_previous_release_wrote_it(store, name, "int8" if name == "alice" else None)
     assert {p.model for p in store.list()} == {ModelIdentity("ecapa", "int8")}
@@ -137,7 +155,7 @@ def test_upgrading_a_device_with_ecapa_profiles_never_gives_a_wrong_score(
     assert admin_ecapa.reenroll_status() is None
 
     # the user opts into CAM++ explicitly: ECAPA profiles are refused by name, never scored
-    campp = _campp_verifier(int8_verifier)
+    campp = _campp_verifier(ecapa)
     service = DecisionService(campp, store)
     with pytest.raises(ProfileModelMismatchError) as err:
         service.handle(_request("verify_profile", alice_test, profile="alice"))
@@ -176,14 +194,14 @@ def test_upgrading_a_device_with_ecapa_profiles_never_gives_a_wrong_score(
 
 
 def test_a_profile_of_the_same_model_from_another_build_is_scored(
-    tmp_path: Path, people: dict[str, list[Path]], int8_verifier: Verifier, fp32_model: Path
+    tmp_path: Path, people: dict[str, list[Path]], ecapa: Verifier
 ) -> None:
     """Same name, other sha256 (fp32 vs int8, or a rebuild with other quantisation): the same function to
     within rounding, so it is scored -- and reported as another build, so the rebuild is visible."""
     store = ProfileStore(tmp_path)
-    assert enroll(int8_verifier, store, "alice", people["alice"][:3]).ok
-    fp32 = Verifier.load(str(fp32_model))
-    assert fp32.model.name == "ecapa" and fp32.model.sha256 != int8_verifier.model.sha256
+    assert enroll(ecapa, store, "alice", people["alice"][:3]).ok
+    fp32 = _load_ecapa("fp32")
+    assert fp32.model.name == "ecapa" and fp32.model.sha256 != ecapa.model.sha256
     found = check_profiles(store, fp32.model)
     assert found.problem is None and list(found.other_build) == ["alice"]
     result = DecisionService(fp32, store).handle(_request("identify", people["alice"][3])).result
@@ -191,10 +209,10 @@ def test_a_profile_of_the_same_model_from_another_build_is_scored(
 
 
 def test_profiles_cli_lists_the_model_and_what_is_not_scored(
-    tmp_path: Path, people: dict[str, list[Path]], int8_verifier: Verifier
+    tmp_path: Path, people: dict[str, list[Path]], ecapa: Verifier
 ) -> None:
     store = ProfileStore(tmp_path / "state")
-    assert enroll(int8_verifier, store, "alice", people["alice"][:3]).ok
+    assert enroll(ecapa, store, "alice", people["alice"][:3]).ok
     config = tmp_path / "config.yaml"
 
     def profiles(model: str) -> tuple[str, list]:
@@ -206,13 +224,13 @@ def test_profiles_cli_lists_the_model_and_what_is_not_scored(
 
     text, rows = profiles("auto")
     assert "ecapa int8" in text and "re-enroll" not in text
-    assert rows[0]["model"]["name"] == "ecapa" and rows[0]["model"]["sha256"] == int8_verifier.model.sha256
+    assert rows[0]["model"]["name"] == "ecapa" and rows[0]["model"]["sha256"] == ecapa.model.sha256
     assert rows[0]["scored"] is True
     text, rows = profiles("campp")
     assert "not scored by campp: re-enroll" in text and rows[0]["scored"] is False
 
 
-def test_cli_model_and_precision_flags(people: dict[str, list[Path]], int8_model: Path) -> None:
+def test_cli_model_and_precision_flags(people: dict[str, list[Path]], ecapa: Verifier) -> None:
     a, b = people["alice"][0], people["alice"][1]
     run = [sys.executable, "-m", "edgeverify", "verify", str(a), str(b), "--json", "--model", "ecapa", "--precision", "int8"]
     out = json.loads(subprocess.run(run, capture_output=True, text=True, check=True, cwd=REPO).stdout)
@@ -222,12 +240,12 @@ def test_cli_model_and_precision_flags(people: dict[str, list[Path]], int8_model
 
 
 def test_admin_logs_names_escaped_and_refuses_a_trailing_newline(
-    tmp_path: Path, int8_verifier: Verifier, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, ecapa: Verifier, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A client's text never reaches the journal raw: no forged or split log lines."""
     from edgeverify.errors import ProfileError
 
-    admin = AdminHandler(DecisionService(int8_verifier, ProfileStore(tmp_path)), AdminConfig())
+    admin = AdminHandler(DecisionService(ecapa, ProfileStore(tmp_path)), AdminConfig())
     with pytest.raises(ProfileError, match="invalid profile name"):
         parse_admin_request(json.dumps({"type": "forget", "name": "alice\n"}).encode(), 10)
     evil = "alice\nedgeverify: admin enroll bob: ok\x1b[2J\u2028"
@@ -243,7 +261,7 @@ def test_admin_logs_names_escaped_and_refuses_a_trailing_newline(
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
 def test_the_daemon_reports_and_refuses_profiles_of_another_model(
-    tmp_path: Path, broker, hub, people: dict[str, list[Path]], int8_verifier: Verifier, int8_model: Path  # noqa: ANN001
+    tmp_path: Path, broker, hub, people: dict[str, list[Path]], ecapa: Verifier  # noqa: ANN001
 ) -> None:
     """`edgeverify run` on ECAPA with one ECAPA profile and one written by a CAM++ device: the journal and
     the sd_notify status say so at start, verify against the CAM++ profile answers profile_model_mismatch
@@ -252,11 +270,11 @@ def test_the_daemon_reports_and_refuses_profiles_of_another_model(
 
     state = tmp_path / "state"
     store = ProfileStore(state)
-    assert enroll(int8_verifier, store, "alice", people["alice"][:3]).ok
+    assert enroll(ecapa, store, "alice", people["alice"][:3]).ok
     campp = ModelIdentity("campp", "int8", "c" * 64)
     # carol's profile as a CAM++ device writes it (here from ECAPA embeddings: only the record refuses it)
-    store.enroll("carol", [int8_verifier.embed(read_audio(f)) for f in people["bob"][:3]], model=campp)
-    d = DaemonProcess(tmp_path, broker.port, int8_model, state, "mixed")
+    store.enroll("carol", [ecapa.embed(read_audio(f)) for f in people["bob"][:3]], model=campp)
+    d = DaemonProcess(tmp_path, broker.port, ecapa.embedder.path, state, "mixed")
     try:
         statuses = [m for _, m in d.notify.messages if m.startswith("STATUS=") or "\nSTATUS=" in m]
         assert any("1 profile(s) not scored by ecapa" in m and "carol" in m and "re-enroll" in m for m in statuses), statuses
