@@ -237,6 +237,10 @@ def test_cli_model_and_precision_flags(people: dict[str, list[Path]], ecapa: Ver
     assert (out["model"], out["precision"], out["same_speaker"]) == ("ecapa", "int8", True)
     bad = subprocess.run(run[:-4] + ["--model", "int8", "--precision", "fp32"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "contradicts" in bad.stderr and "Traceback" not in bad.stderr
+    # `int8` alone means ECAPA at int8, as in the config, whatever the default model is
+    old = json.loads(subprocess.run(run[:-4] + ["--model", "int8"], capture_output=True, text=True, check=True,
+                                    cwd=REPO).stdout)
+    assert (old["model"], old["precision"]) == ("ecapa", "int8")
 
 
 def test_admin_logs_names_escaped_and_refuses_a_trailing_newline(

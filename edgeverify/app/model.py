@@ -22,7 +22,7 @@ from ..core.scoring import DEFAULT_SCORE_MODE
 from ..core.vad import DEFAULT_VAD_MODE
 from ..core.verifier import Verifier
 from ..errors import ConfigError
-from ..store.config import AUTO_MODEL, Config
+from ..store.config import AUTO_MODEL, PRECISIONS, Config
 from ..store.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,10 @@ def build_verifier(
     follows (None: none, so auto is the default model)."""
     if threshold is not None and target_far is not None:
         raise ConfigError("give either a threshold or a target false-accept rate, not both")
+    if model in PRECISIONS:  # as in the config: before there were two models, `int8`/`fp32` meant ECAPA
+        if precision is not None and precision != model:
+            raise ConfigError(f"model {model!r} contradicts precision {precision!r}: give model ecapa and precision {precision}")
+        model, precision = "ecapa", model
     choice = choose_model(model, store)
     if choice.note:
         log.warning("%s", choice.note)
