@@ -6,10 +6,10 @@ the model it was enrolled with, and the Verifier refuses to score a profile of a
 
 What counts as "the same model" is the *name*: int8 and fp32 of one model, or a rebuild of it (the int8
 file changes whenever the quantisation or the build's metadata changes, so the sha256 changes), compute
-the same function to within rounding (ECAPA int8 vs fp32: mean cosine 0.9975 per clip), far closer than
-two clips of one speaker ever are. The sha256 is recorded and shown so a rebuild is visible, never used
-to refuse. Deliberately not used to identify a model: the build's `producer` metadata, which carries the
-package version and changes on every release.
+the same function to within rounding (ECAPA int8 vs fp32 on 40 dev clips: mean cosine 0.997 per clip, a
+trial's cosine moves by 0.005 on average), far less than separates one speaker from another. The sha256
+is recorded and shown so a rebuild is visible, never used to refuse. Deliberately not used to identify a
+model: the build's `producer` metadata, which carries the package version and changes on every release.
 """
 
 from __future__ import annotations
