@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CONNECT_WAIT_S = 5.0  # READY=1 is sent after this even if the broker is still unreachable (paho retries)
 MIC_RETRY_S = 30.0
+# Home Assistant's restart button: a clean stop, then this exit code; the unit restarts on it
+# (RestartForceExitStatus=75) and does not count it as a failure (SuccessExitStatus=75). EX_TEMPFAIL.
+RESTART_EXIT_CODE = 75
 
 
 class Watchdog:
@@ -147,10 +150,11 @@ class Daemon:
         if problem:
             notify.status(problem)
         self.service = DecisionService(verifier, self.store, cfg.limits.max_audio_seconds,
-                                       cfg.microphone.verify_profile, cfg.microphone.sample_rate)
+                                       cfg.microphone.verify_profile, cfg.microphone.sample_rate,
+                                       identify_scores=cfg.mqtt.identify_scores)
         self.counters = Counters()
         self.sinks = DecisionSinks(self.counters)
-        self.worker = ModelWorker(cfg.limits.queue_size)
+        self.worker = ModelWorker(cfg.limits.queue_size, cfg.limits.queue_per_requester)
         self.mqtt = MqttService(cfg, self.service, self.worker, self.counters, self.sinks,
                                 model_name=verifier.model_name)
         self.sinks.add(self.mqtt.ha)  # decisions from every source feed HA's event entity and retained state
@@ -214,6 +218,8 @@ class Daemon:
         except Exception:
             log.exception("could not refresh availability or diagnostics")
         self.watchdog.tick(self._status_text)
+        if self.mqtt.ha.restart_requested and not self._stop:
+            self._stop, self.exit_code = True, RESTART_EXIT_CODE
         if self.mqtt.network_dead:
             # unrecoverable: exit 1 and let systemd restart us (unacknowledged requests are redelivered)
             self._stop, self.exit_code = True, 1
@@ -245,8 +251,9 @@ class Daemon:
         for key in plan.restart:
             log.warning("reload: %s changed; it takes effect after a restart", key)
         new = plan.config
-        self.service.reconfigure(verifier, new.limits.max_audio_seconds, new.microphone.verify_profile)
-        self.mqtt.set_max_payload_bytes(new.limits.max_payload_bytes)
+        self.service.reconfigure(verifier, new.limits.max_audio_seconds, new.microphone.verify_profile,
+                                 identify_scores=new.mqtt.identify_scores)
+        self.mqtt.reconfigure(new)
         self.config = new
         count = self.store.reload()
         report_profiles(self.store, self.service.verifier.model)

@@ -126,7 +126,7 @@ def mqtt_adapter():
     def build(config, service):  # noqa: ANN001, ANN202
         counters = Counters()
         sinks = DecisionSinks(counters)
-        worker = ModelWorker(config.limits.queue_size)
+        worker = ModelWorker(config.limits.queue_size, config.limits.queue_per_requester)
         mqtt = MqttService(config, service, worker, counters, sinks)
         sinks.add(mqtt.ha)
         return mqtt, lambda stop: worker.run(stop.is_set, mqtt.tick, 0.1)

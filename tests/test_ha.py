@@ -62,7 +62,9 @@ def ha_daemon(tmp_path_factory: pytest.TempPathFactory, broker: Broker, int8_mod
     watcher.subscribe("homeassistant/#")
     watcher.subscribe(f"{PREFIX}/ha1/#")
     d = DaemonProcess(tmp_path_factory.mktemp("ha"), broker.port, int8_model, ha_state, "ha1",
-                      extra={"admin": {"enabled": True, "max_clips": 5}})
+                      extra={"admin": {"enabled": True, "max_clips": 5},
+                             # the event shapes below come from MQTT requests, so this hub trusts its requesters
+                             "homeassistant": {"trust_mqtt_requests": True}})
     d.startup = _drain(watcher, 3.0)  # type: ignore[attr-defined]
     watcher.close()
     yield d
@@ -82,7 +84,8 @@ def test_device_based_discovery_and_migration(ha_daemon: DaemonProcess, broker: 
     assert {"dev", "o", "cmps"} <= set(doc) and doc["dev"]["ids"] == ["edgeverify_ha1"]
     assert doc["o"]["name"] == "edgeverify" and doc["o"]["sw"] and doc["o"]["url"].startswith("https://")
     assert "object_id" not in json.dumps(doc)  # deprecated by HA (removed in 2026.4)
-    assert doc["availability_topic"] == f"{ha_daemon.base}/availability"
+    assert doc["availability"] == [{"topic": f"{ha_daemon.base}/availability", "payload_available": "online",
+                                     "payload_not_available": "offline"}]
     cmps = doc["cmps"]
     for key, c in cmps.items():
         if len(c) > 1:  # platform-only entries are removals
@@ -91,7 +94,8 @@ def test_device_based_discovery_and_migration(ha_daemon: DaemonProcess, broker: 
     assert {c.get("unique_id") for c in cmps.values()} >= {f"edgeverify_ha1_{k}" for k in ("match", "speaker", "score")}
     assert cmps["last_speaker"]["default_entity_id"] == "sensor.edgeverify_ha1_speaker"
     assert cmps["event"]["default_entity_id"] == "event.edgeverify_ha1_speaker"  # = what HA < 2025.10 derives
-    assert cmps["event"]["p"] == "event" and cmps["event"]["event_types"] == list(EVENT_TYPES)
+    assert cmps["event"]["p"] == "event" and cmps["event"]["event_types"] == list(EVENT_TYPES) + [
+        "identified_alice", "identified_bob"]
     assert cmps["event"]["state_topic"] == f"{ha_daemon.base}/event"
     assert "state_class" not in cmps["last_score"]
     assert cmps["verify_match"]["device_class"] == "occupancy"
@@ -120,6 +124,9 @@ def test_events_and_per_kind_state(ha_daemon: DaemonProcess, broker: Broker, hub
         assert r["ok"], r
         ev = json.loads(hub.wait(lambda m: m.topic == f"{base}/event" and json.loads(m.payload)["request_id"] == r["request_id"], 10).payload)
         assert ev["event_type"] == expected and ev["source"] == "mqtt" and ev["score"] == r["score"], ev
+        if expected == "identified":  # then the per-person type, for automations without templates
+            ev = json.loads(hub.wait(lambda m: m.topic == f"{base}/event", 5).payload)
+            assert ev["event_type"] == "identified_alice" and ev["request_id"] == r["request_id"], ev
     assert ev["profile"] == "bob" and ev["kind"] == "verify"
     late = Hub(broker.port)  # retained per-kind states: verify did not overwrite identify
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from edgeverify.mqtt.ha_discovery import NO_MATCH, Topics, device_discovery, discovery_messages, event_type, kind_state, last_state
 
@@ -36,3 +37,23 @@ def test_discovery_off_and_admin_entities() -> None:
     msgs = discovery_messages(T, device_discovery(T, "int8", False), migrate=False)
     assert [m[0] for m in msgs] == ["homeassistant/device/edgeverify_dev1/config"] and msgs[0][2] is True
     json.loads(msgs[0][1])
+
+
+def test_person_event_types_are_stable_slugs() -> None:
+    from edgeverify.mqtt.ha_discovery import person_event_type, person_slug
+
+    assert person_event_type("alice") == "identified_alice" and person_slug("bob_2") == "bob_2"
+    others = [person_slug(n) for n in ("Alice", "mary-ann", "mary_ann", "mary.ann", "Mary-Ann", "..", "-")]
+    assert len(set(others)) == len(others)  # never two profiles on one event type
+    assert all(re.fullmatch(r"[a-z0-9_]+", s) for s in others)  # safe in an event type and an automation
+    assert person_slug("mary-ann") == person_slug("mary-ann")  # the same every time (automations keep working)
+    assert person_slug("mary-ann").startswith("mary_ann_") and person_slug("..").startswith("x_")
+
+
+def test_status_sensor_stays_available_after_a_clean_stop() -> None:
+    """The status sensor's availability: online, or a clean `stopped`/`restarting` -- not a crash."""
+    status = device_discovery(T, "int8", False)["cmps"]["status"]
+    assert status["availability_mode"] == "any" and status["state_topic"] == "ev/dev1/status"
+    template = status["availability"][1]["value_template"]  # rendered by a real HA in tests/ha/
+    assert status["availability"][1]["topic"] == "ev/dev1/status" and "'stopped'" in template and "'restarting'" in template
+    assert status["availability"][0]["topic"] == "ev/dev1/availability"

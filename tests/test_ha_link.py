@@ -80,16 +80,22 @@ class FakeWire(MqttConnection):
         raise AssertionError(f"nothing matching within {timeout} s; sent {[m[0] for m in self.sent]}")
 
 
+def _enroll(store: ProfileStore, name: str, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    centre = rng.standard_normal(192)
+    store.enroll(name, [centre + 0.1 * rng.standard_normal(192) for _ in range(3)])
+
+
 @pytest.fixture
-def link(tmp_path: Path) -> Any:
-    """The MQTT adapter on a FakeWire, its worker running, two synthetic profiles in the store."""
+def link(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """The MQTT adapter on a FakeWire, its worker running, two synthetic profiles in the store.
+    A test marked `@pytest.mark.parametrize("link", [{...}], indirect=True)` adds to the config."""
+    extra = getattr(request, "param", {})
     config = parse_config({"device_id": "hal", "state_dir": str(tmp_path),
-                           "admin": {"enabled": True, "max_clips": 25}, "microphone": {"enabled": True}})
+                           "admin": {"enabled": True, "max_clips": 25}, "microphone": {"enabled": True}, **extra})
     store = ProfileStore(tmp_path)
-    rng = np.random.default_rng(0)
-    for name in ("alice", "bob"):
-        centre = rng.standard_normal(192)
-        store.enroll(name, [centre + 0.1 * rng.standard_normal(192) for _ in range(3)])
+    for i, name in enumerate(("alice", "bob")):
+        _enroll(store, name, i)
     counters = Counters()
     sinks = DecisionSinks(counters)
     worker = ModelWorker(config.limits.queue_size)
@@ -102,6 +108,7 @@ def link(tmp_path: Path) -> Any:
     thread = threading.Thread(target=worker.run, args=(stop.is_set, adapter.tick, 0.05), daemon=True)
     thread.start()
     adapter.start()
+    wire.adapter, wire.store = adapter, store  # type: ignore[attr-defined]  (for the tests below)
     yield wire, sinks, counters
     stop.set()
     thread.join(5)
@@ -163,3 +170,169 @@ def test_enroll_utterances_entity_offers_what_the_device_accepts(link: Any) -> N
     wire.deliver(f"{BASE}/admin/ha/enroll_utterances", b"26")
     _, state, _ = wire.wait(lambda m: m[0] == f"{BASE}/admin/ha/state" and m[1]["status"] == "invalid utterances")
     assert "1-25" in state["message"]
+
+
+# -- which sources may set HA state (docs/security-trust-model.md) -------------------------------------
+
+ALICE = {"ok": True, "type": "identify", "speaker": "alice", "same_speaker": True, "score": 0.7, "threshold": 0.3,
+         "elapsed_ms": 20.0, "request_id": "r1"}
+MATCH = {"ok": True, "type": "verify", "same_speaker": True, "score": 0.9, "threshold": 0.3, "elapsed_ms": 30.0,
+         "request_id": "v1"}
+
+
+def _shared_state(wire: FakeWire) -> list[tuple]:
+    return [m for m in wire.sent if m[0] == f"{BASE}/event" or m[0].startswith(f"{BASE}/state")]
+
+
+def test_an_mqtt_request_answers_its_requester_only(link: Any) -> None:
+    """Any MQTT client that may send requests made HA's retained Speaker match / Last speaker say alice."""
+    wire, sinks, counters = link
+    wire.wait(lambda m: m[0] == "homeassistant/device/edgeverify_hal/config")
+    sinks.publish_decision(ALICE, "mqtt")
+    sinks.publish_decision(MATCH, "mqtt")
+    time.sleep(0.05)
+    assert _shared_state(wire) == []  # no event, no retained state
+    assert counters.decisions == 2 and wire.adapter.ha.health.snapshot()["decisions_per_hour"] == 2
+    sinks.publish_decision(ALICE, "microphone")  # the room's own microphone does say who is here
+    _, state, retain = wire.wait(lambda m: m[0] == f"{BASE}/state/identify")
+    assert retain and state["speaker"] == "alice" and state["source"] == "microphone"
+    sinks.publish_decision(MATCH, "wyoming")
+    wire.wait(lambda m: m[0] == f"{BASE}/state/verify" and m[1]["match"] is True)
+
+
+@pytest.mark.parametrize("link", [{"homeassistant": {"trust_mqtt_requests": True}}], indirect=True)
+def test_trusted_mqtt_requests_drive_state(link: Any) -> None:
+    wire, sinks, _ = link
+    sinks.publish_decision(MATCH, "mqtt")
+    _, state, _ = wire.wait(lambda m: m[0] == f"{BASE}/state/verify")
+    assert state["match"] is True and state["source"] == "mqtt"
+
+
+# -- per-person event types ----------------------------------------------------------------------------
+
+def _event_types(wire: FakeWire, pred: Callable[[list], bool] = lambda t: True) -> list[str]:
+    """The event types of the newest discovery config, once one satisfies pred."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        configs = [m[1] for m in wire.sent if m[0] == "homeassistant/device/edgeverify_hal/config"]
+        if configs and pred(configs[-1]["cmps"]["event"]["event_types"]):
+            return configs[-1]["cmps"]["event"]["event_types"]
+        time.sleep(0.02)
+    raise AssertionError(f"no discovery config as expected: {configs[-1:]}")
+
+
+def test_per_person_event_types_follow_the_profiles(link: Any) -> None:
+    wire, sinks, _ = link
+    types = _event_types(wire)
+    assert types[:4] == ["identified", "unknown_speaker", "verified", "rejected"]  # the generic ones stay
+    assert types[4:] == ["identified_alice", "identified_bob"]
+    sinks.publish_decision(ALICE, "microphone")
+    events = [m[1]["event_type"] for m in wire.sent if m[0] == f"{BASE}/event"]
+    assert events == ["identified", "identified_alice"]  # generic first (existing automations), then the person
+    # forget over the admin API: discovery re-sent without bob
+    wire.deliver(f"{BASE}/admin/request", json.dumps({"type": "forget", "name": "bob"}).encode())
+    assert _event_types(wire, lambda t: "identified_bob" not in t)[4:] == ["identified_alice"]
+    # a profile that appears on disk (a copy, a reload) is picked up by the worker's tick
+    _enroll(wire.store, "Mary-Ann", 5)
+    types = _event_types(wire, lambda t: len(t) == 6)
+    mary = [t for t in types if t.startswith("identified_mary_ann_")]
+    assert len(mary) == 1 and len(mary[0]) == len("identified_mary_ann_") + 6 and "identified_alice" in types
+    # the stranger and a name beyond the list get the generic event only
+    wire.sent.clear()
+    sinks.publish_decision({**ALICE, "speaker": None, "same_speaker": False}, "microphone")
+    sinks.publish_decision({**ALICE, "speaker": "bob"}, "microphone")  # forgotten since
+    assert [m[1]["event_type"] for m in wire.sent if m[0] == f"{BASE}/event"] == ["unknown_speaker", "identified"]
+
+
+@pytest.mark.parametrize("link", [{"homeassistant": {"person_events": 1}}], indirect=True)
+def test_per_person_event_types_are_bounded(link: Any) -> None:
+    wire, _, _ = link
+    assert _event_types(wire)[4:] == ["identified_alice"]  # the oldest; a new profile does not push it out
+
+
+# -- admin controls, the admin API's transaction/status, health ------------------------------------------
+
+def test_admin_api_echoes_transaction_and_status(link: Any) -> None:
+    wire, _, _ = link
+    resp = lambda rid: wire.wait(lambda m: m[0] == f"{BASE}/admin/response" and m[1].get("request_id") == rid)[1]  # noqa: E731
+    wire.deliver(f"{BASE}/admin/request", json.dumps({"type": "list", "request_id": "t1", "transaction": "ha-42"}).encode())
+    body = resp("t1")
+    assert body["status"] == "ok" and body["ok"] is True and body["transaction"] == "ha-42" and body["profiles"]
+    wire.deliver(f"{BASE}/admin/request", json.dumps({"type": "forget", "name": "zed", "request_id": "t2",
+                                                       "transaction": 7}).encode())
+    body = resp("t2")
+    assert body["status"] == "error" and body["ok"] is False and body["transaction"] == 7 and body["error"]["code"]
+    wire.deliver(f"{BASE}/admin/request", json.dumps({"type": "nope", "request_id": "t3",
+                                                       "transaction": "x" * 5000}).encode())
+    body = resp("t3")
+    assert body["status"] == "error" and len(body["transaction"]) == 200
+    wire.deliver(f"{BASE}/admin/request", json.dumps({"type": "list", "request_id": "t4",
+                                                       "transaction": {"a": 1}}).encode())
+    assert "transaction" not in resp("t4")  # only a string or a number is echoed
+    for i, raw in enumerate((b"NaN", b"1e999", b"9" * 4000, b"true")):
+        wire.deliver(f"{BASE}/admin/request", b'{"type": "list", "request_id": "n%d", "transaction": %s}' % (i, raw))
+        body = resp(f"n{i}")
+        assert "transaction" not in body and body["status"] in ("ok", "error"), body
+    assert not wire.adapter.admin._transactions  # nothing kept once answered
+
+
+def test_log_level_select_and_restart_button(link: Any) -> None:
+    import logging
+
+    wire, _, _ = link
+    root = logging.getLogger()
+    before = root.level
+    try:
+        _, doc, _ = wire.wait(lambda m: m[0] == "homeassistant/device/edgeverify_hal/config")
+        assert doc["cmps"]["log_level"]["command_topic"].startswith(f"{BASE}/admin/")
+        assert doc["cmps"]["restart"]["command_topic"].startswith(f"{BASE}/admin/")
+        wire.deliver(f"{BASE}/admin/ha/log_level", b"DEBUG")
+        wire.wait(lambda m: m[0] == f"{BASE}/admin/ha/log_level/state" and m[1] == b"debug")
+        assert root.getEffectiveLevel() == logging.DEBUG
+        wire.deliver(f"{BASE}/admin/ha/log_level", b"verbose\x00")  # refused, the state says what it is
+        assert root.getEffectiveLevel() == logging.DEBUG
+        root.setLevel(logging.WARNING)  # what a reload does with log_level: warning
+        wire.wait(lambda m: m[0] == f"{BASE}/admin/ha/log_level/state" and m[1] == b"warning")
+    finally:
+        root.setLevel(before)
+    ha = wire.adapter.ha
+    wire.deliver(f"{BASE}/admin/ha/restart", b"please")
+    assert not ha.restart_requested
+    wire.deliver(f"{BASE}/admin/ha/restart", b"PRESS")
+    assert ha.restart_requested
+    wire.adapter.stop()
+    assert [m[1] for m in wire.sent if m[0] == f"{BASE}/status"] == [b"running", b"restarting"]
+
+
+@pytest.mark.parametrize("link", [{"admin": {"enabled": False}}], indirect=True)
+def test_no_admin_no_controls(link: Any) -> None:
+    wire, _, _ = link
+    _, doc, _ = wire.wait(lambda m: m[0] == "homeassistant/device/edgeverify_hal/config")
+    assert doc["cmps"]["restart"] == {"p": "button"} and doc["cmps"]["log_level"] == {"p": "select"}
+    wire.deliver(f"{BASE}/admin/ha/restart", b"PRESS")
+    assert not wire.adapter.ha.restart_requested
+
+
+def test_health_topic(link: Any) -> None:
+    wire, sinks, _ = link
+    for ms in (10.0, 20.0, 30.0, 40.0):
+        sinks.publish_decision({**ALICE, "elapsed_ms": ms}, "microphone")
+    sinks.publish_decision({**ALICE, "speaker": None, "same_speaker": False, "elapsed_ms": 100.0}, "wyoming")
+    wire.adapter.ha.publish_health(force=True)
+    _, doc, retain = wire.wait(lambda m: m[0] == f"{BASE}/health" and m[1]["decisions_per_hour"] == 5)
+    assert retain and doc["rejects_per_hour"] == 1 and doc["latency_ms"] == {"p50": 30.0, "p95": 100.0, "window": 5}
+    assert doc["rss_mb"] > 10 and doc["uptime_s"] >= 0 and doc["started"].endswith("+00:00")
+
+
+def test_health_follows_new_decisions_without_waiting_a_minute(link: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeverify.mqtt.homeassistant as homeassistant
+
+    wire, sinks, _ = link
+    monkeypatch.setattr(homeassistant, "DIAG_INTERVAL_S", 0.2)  # 10 s in service
+    wire.wait(lambda m: m[0] == f"{BASE}/health")  # the one sent on connect
+    sinks.publish_decision(ALICE, "microphone")
+    _, doc, _ = wire.wait(lambda m: m[0] == f"{BASE}/health" and m[1]["decisions_per_hour"] == 1, 5)
+    assert doc["latency_ms"]["p50"] == 20.0
+    count = sum(1 for m in wire.sent if m[0] == f"{BASE}/health")
+    time.sleep(0.6)  # nothing new: no more health until HEALTH_INTERVAL_S
+    assert sum(1 for m in wire.sent if m[0] == f"{BASE}/health") == count

@@ -2,7 +2,8 @@
 
 The fuzz test sends seeded random messages over every input channel -- JSON structure and field types,
 raw bytes, v5 user properties, topic levels under request/#, Response Topics, JSON reply_to, correlation
-data -- and then checks: every message answered exactly once (replies matched by correlation data), no
+data -- and then checks: every message answered exactly once (replies matched by correlation data;
+those over the v5 Maximum Packet Size the daemon announces are discarded by the broker, unanswered), no
 reply on a protected topic, no reconnect loop (one broker connection), the process alive, the watchdog
 still pinging, and a good request still answered right. EDGEVERIFY_FUZZ_MESSAGES=20000 makes it a soak.
 """
@@ -28,6 +29,7 @@ from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 from daemon_process import DaemonProcess, PREFIX, as_clip  # noqa: E402
 
 from edgeverify.app.protocol import encode_request  # noqa: E402
+from edgeverify.mqtt.connection import max_packet_size  # noqa: E402
 from edgeverify.topic_rules import string_problem  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
@@ -177,6 +179,17 @@ def fbroker() -> Any:
         yield b
 
 
+MAX_PAYLOAD = 3_000_000  # DaemonProcess's limits.max_payload_bytes
+
+
+def _packet_size(topic: str, payload: bytes, kw: dict[str, Any]) -> int:
+    """The size of the PUBLISH on the wire (fixed header at most 5 bytes, packet id, properties)."""
+    props = sum(3 + len(v.encode()) for v in [kw.get("response_topic")] if v is not None)
+    props += 3 + len(kw.get("correlation") or b"") if "correlation" in kw else 0
+    props += sum(5 + len(k.encode()) + len(v.encode()) for k, v in kw.get("user", []))
+    return 5 + 2 + len(topic.encode()) + 2 + 4 + props + len(payload)
+
+
 def _daemon_replies(spy: Hub, into: dict[bytes, list[tuple[str, dict]]], timeout: float) -> None:
     """Collect the daemon's replies (JSON content type) seen on any topic, keyed by correlation data."""
     try:
@@ -200,6 +213,8 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
         f = Fuzzer(seed=int(os.environ.get("EDGEVERIFY_FUZZ_SEED", "10")))
         rss_before = _rss_mb(d.proc.pid)
         sent: dict[bytes, tuple[str, Any]] = {}
+        dropped: dict[bytes, tuple[str, Any]] = {}  # over the Maximum Packet Size: the broker discards them
+        max_packet = max_packet_size(MAX_PAYLOAD)
         offered: set[str] = set()
         replies: dict[bytes, list[tuple[str, dict]]] = {}
         for i in range(FUZZ_MESSAGES):
@@ -216,14 +231,19 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
             except (ValueError, RecursionError):
                 pass
             fuzz.publish(topic, payload, wait=(i % 25 == 24), **kw)
-            sent[corr] = (topic, kw.get("response_topic"))
+            size = _packet_size(topic, payload, kw)
+            if abs(size - max_packet) < 64:
+                continue  # too close to the limit to know which side the broker counts it on
+            (sent if size < max_packet else dropped)[corr] = (topic, kw.get("response_topic"))
             if i % 100 == 99:
                 _daemon_replies(spy, replies, 0.05)
-        # two more: over the payload limit
+        # two more: over the payload limit (answered payload_too_large), one over the packet size (never seen)
         for j in range(2):
             corr = b"fzbig%d" % j
             fuzz.publish(f"{BASE}/request", b"{" + b" " * 3_100_000 + b"}", correlation=corr)
             sent[corr] = (f"{BASE}/request", None)
+        fuzz.publish(f"{BASE}/request", b"{" + b" " * (max_packet + 10) + b"}", correlation=b"fzhuge")
+        dropped[b"fzhuge"] = (f"{BASE}/request", None)
         deadline = time.monotonic() + 180
         while not set(sent) <= set(replies) and time.monotonic() < deadline:
             _daemon_replies(spy, replies, 2.0)
@@ -235,6 +255,8 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
         assert not twice, list(twice.items())[:3]
         stray = set(replies) - set(sent)
         assert not stray, sorted(stray)[:5]
+        discarded = fbroker.log().count(f"Dropping too large outgoing PUBLISH for edgeverify-{DEV} ")
+        assert discarded == len(dropped), (discarded, len(dropped))
         for corr, [(topic, body)] in replies.items():
             assert topic not in PROTECTED, (topic, body)
             assert topic == f"{BASE}/response" or topic in offered, topic
@@ -244,7 +266,8 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
             codes[code] = codes.get(code, 0) + 1
         assert codes.get("bad_reply_topic", 0) > 0 and codes.get("bad_request", 0) > 0, codes
         rss_mb = _rss_mb(d.proc.pid)
-        print(f"fuzzed {len(sent)} messages; answers by code: {codes}; daemon RSS {rss_before:.0f} -> {rss_mb:.0f} MB")
+        print(f"fuzzed {len(sent) + len(dropped)} messages ({len(dropped)} over the packet size, discarded by the "
+              f"broker); answers by code: {codes}; daemon RSS {rss_before:.0f} -> {rss_mb:.0f} MB")
         assert rss_mb < 512, "over the unit's MemoryMax=512M"
 
         # still serving, right, on one connection, with the watchdog pinging

@@ -115,11 +115,15 @@ def test_service_connects_when_broker_appears_later(tmp_path: Path, int8_verifie
         try:
             hub.subscribe("homeassistant/#")
             hub.subscribe("edgeverify/late/response")
+            hub.subscribe("edgeverify/late/availability")
+            # "online" is published after the subscriptions (same connection, in order): once the hub has
+            # it, the broker has the request subscription and the request below cannot slip past it
+            hub.wait(lambda m: m.topic == "edgeverify/late/availability" and m.payload == b"online", 10)
             clip = sorted((speech_dir / "dev" / "vctk-p225").glob("*.wav"))[0]
             hub.publish("edgeverify/late/request", encode_request("identify", (clip.name, clip.read_bytes()), request_id="L"))
             m = hub.wait(lambda m: m.topic == "edgeverify/late/response", 10)
             r = json.loads(m.payload)
-            assert r["ok"] and r["request_id"] == "L" and r["speaker"] is None and r["scores"] == {}  # no profiles
+            assert r["ok"] and r["request_id"] == "L" and r["speaker"] is None and "scores" not in r  # no profiles
             time.sleep(0.3)
             assert not any(m.topic.startswith("homeassistant/") for m in list(hub.messages.queue))  # discovery off
         finally:
@@ -133,3 +137,26 @@ def test_service_connects_when_broker_appears_later(tmp_path: Path, int8_verifie
 
 def test_free_port_helper() -> None:
     assert 1024 < free_port() < 65536
+
+
+def test_maximum_packet_size_follows_the_payload_limit(caplog: pytest.LogCaptureFixture) -> None:
+    """CONNECT announces max_payload_bytes + the topic/properties allowance; a reload may lower the limit
+    (checked by us at once) but a higher one waits for a restart (the broker keeps the announced size)."""
+    import logging
+
+    from edgeverify.app.counters import Counters
+    from edgeverify.app.sinks import DecisionSinks
+    from edgeverify.app.worker import ModelWorker
+    from edgeverify.mqtt.connection import PACKET_ALLOWANCE, MqttConnection, max_packet_size
+    from edgeverify.mqtt.requests import MqttRequests
+
+    config = parse_config({"device_id": "mps", "limits": {"max_payload_bytes": 1_000_000}})
+    conn = MqttConnection(config, "edgeverify/mps/availability", Counters())
+    assert conn.max_packet_size == 1_000_000 + PACKET_ALLOWANCE
+    assert max_packet_size(256_000_000) == 256_000_000 + PACKET_ALLOWANCE <= 268_435_455
+    requests = MqttRequests(config, conn, None, ModelWorker(2), Counters(), DecisionSinks(), "edgeverify/mps")  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        requests.set_max_payload_bytes(500_000)
+        assert requests.max_payload_bytes == 500_000 and not caplog.records
+        requests.set_max_payload_bytes(5_000_000)
+    assert "until a restart" in caplog.text

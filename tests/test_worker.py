@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeverify.app.counters import Counters
 from edgeverify.app.sinks import DecisionSinks
-from edgeverify.app.worker import ModelWorker, TaskJob, UtteranceSource
+from edgeverify.app.worker import LOCAL, ModelWorker, TaskJob, UtteranceSource
 
 
 def test_bounded_queue_failing_job_and_shutdown_aborts() -> None:
@@ -51,3 +51,34 @@ def test_microphone_utterance_dropped_when_the_worker_is_behind() -> None:
     samples = np.zeros(16000, np.float32)
     assert source(samples) is True
     assert source(samples) is False  # dropped (logged), never blocks the microphone thread
+
+
+def _recording_job(name: str, ran: list, refused: list, requester: str = "", lane: str = "network") -> TaskJob:
+    return TaskJob(lambda: ran.append(name), lambda reason: refused.append(name), lane=lane, requester=requester)
+
+
+def test_lanes_round_robin_and_a_full_queue_makes_room_for_another_requester() -> None:
+    """The local lane (microphone) first; requesters take turns; a flood's newest job makes room for a
+    requester with fewer; a per-requester cap refuses the excess at once."""
+    worker = ModelWorker(4)
+    ran: list[str] = []
+    refused: list[str] = []
+    for i in range(4):
+        assert worker.submit(_recording_job(f"a{i}", ran, refused, "A"))
+    assert not worker.submit(_recording_job("a4", ran, refused, "A"))  # full, and A holds it all: busy
+    assert worker.submit(_recording_job("b0", ran, refused, "B"))  # B has none: A's newest makes room
+    assert refused == ["a3"]
+    assert worker.submit(_recording_job("c0", ran, refused, "C"))
+    assert refused == ["a3", "a2"]
+    assert not worker.submit(_recording_job("b1", ran, refused, "B"))  # B 1, A 2: a swap would not be fairer
+    assert worker.submit(_recording_job("mic", ran, refused, lane=LOCAL))
+    stop = threading.Event()
+    t = threading.Thread(target=worker.run, args=(stop.is_set, lambda: stop.set() if len(ran) == 5 else None, 0.01))
+    t.start()
+    t.join(5)
+    assert ran == ["mic", "a0", "b0", "c0", "a1"], ran
+
+    capped = ModelWorker(8, per_requester=2)
+    assert capped.submit(_recording_job("x0", ran, refused, "X")) and capped.submit(_recording_job("x1", ran, refused, "X"))
+    assert not capped.submit(_recording_job("x2", ran, refused, "X"))
+    assert capped.submit(_recording_job("y0", ran, refused, "Y")) and capped.queued("X") == 2 and capped.queued() == 3

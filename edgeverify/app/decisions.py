@@ -38,6 +38,7 @@ class DecisionService:
         max_audio_seconds: float = 60.0,
         mic_profile: Optional[str] = None,
         mic_rate: int = TARGET_RATE,
+        identify_scores: bool = False,
     ) -> None:
         self.verifier = verifier
         self.store = store
@@ -45,14 +46,20 @@ class DecisionService:
         self.microphone: Optional[Microphone] = None  # attach_microphone(): capture requests, enrolling by voice
         self.mic_profile = mic_profile  # microphone.mode verify:<profile> (parsed once, by the config); None: identify
         self.mic_rate = mic_rate  # the microphone's capture rate: 8 kHz captures are scored as telephone band
+        # an identify answer (and so every event) lists each enrolled name's score only when the admin asks
+        # (mqtt.identify_scores): otherwise any requester, or anyone reading events, learns who is enrolled
+        self.identify_scores = identify_scores
 
     def attach_microphone(self, microphone: Optional[Microphone]) -> None:
         """The running microphone (None when it stopped): `capture` requests and enrolling by voice use it."""
         self.microphone = microphone
 
     def reconfigure(self, verifier: Optional[Verifier] = None, max_audio_seconds: Optional[float] = None,
-                    mic_profile: Optional[str] = None) -> None:
-        """A reload: a new model (None: keep), the audio limit and the microphone's identify/verify mode."""
+                    mic_profile: Optional[str] = None, identify_scores: Optional[bool] = None) -> None:
+        """A reload: a new model (None: keep), the audio limit, the microphone's identify/verify mode and
+        whether identify answers list every profile's score (None: keep)."""
+        if identify_scores is not None:
+            self.identify_scores = identify_scores
         if verifier is not None:
             self.verifier = verifier
         if max_audio_seconds is not None:
@@ -79,7 +86,9 @@ class DecisionService:
         else:
             result.update(d.fields())
             result["same_speaker"] = best is not None
-        result["scores"] = {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:10]}
+        # the decision and the best candidate's score (`score`) only; its name only when it is accepted
+        if self.identify_scores:
+            result["scores"] = {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:10]}
         skipped = self.verifier.other_model(sides)  # enrolled with another model: never scored
         if skipped:
             result["skipped_profiles"] = {"count": len(skipped), "reason": "enrolled with another model: re-enroll"}
@@ -101,16 +110,31 @@ class DecisionService:
             test = self.verifier.prepare(self._audio(req.first))
             result = self._result(test, req.profile if req.type == "verify_profile" else None, req.threshold,
                                   req.target_far)
-        elif req.type == "capture":
-            if self.microphone is None:
-                raise RequestError("capture needs the microphone (microphone.enabled: true)")
-            samples = self.microphone.capture_once(req.seconds)  # MicrophoneError -> error reply
-            audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
-            result = self._result(self.verifier.prepare(audio), req.profile, req.threshold, req.target_far)
+        elif req.type == "capture":  # blocking: the MQTT adapter records off the worker (capture_samples)
+            return self.decide_capture(req, self.capture_samples(req))
         else:  # parse_request only lets known types through
             raise RequestError(f"unknown request type {req.type!r}")
         result["model"] = self.verifier.model_name
         return Response(ok=True, meta=meta, result=result)
+
+    def capture_samples(self, req: Request) -> np.ndarray:
+        """Record for a `capture` request: blocks until the utterance (or req.seconds) is in, so callers
+        run it off the model worker. RequestError without a microphone, MicrophoneError on a failure."""
+        microphone = self.microphone
+        if microphone is None:
+            raise RequestError("capture needs the microphone (microphone.enabled: true)")
+        if req.profile is not None:
+            self.store.get(req.profile)  # unknown profile: fail before recording anyone
+        return microphone.capture_once(req.seconds)
+
+    def decide_capture(self, req: Request, samples: np.ndarray) -> Response:
+        """The decision on recorded capture samples (the model part: on the worker)."""
+        if req.target_far is not None and self.verifier.scorer is None:
+            raise RequestError("'target_far' needs calibrated scoring (this device uses score: cosine)")
+        audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
+        result = self._result(self.verifier.prepare(audio), req.profile, req.threshold, req.target_far)
+        result["model"] = self.verifier.model_name
+        return Response(ok=True, meta=req.meta(), result=result)
 
     def utterance(self, samples: np.ndarray) -> Optional[Response]:
         """A microphone utterance: identify or verify per microphone.mode; None when not speech enough."""

@@ -34,6 +34,7 @@ BUSY = "busy"
 TOO_LARGE = "payload_too_large"
 INTERNAL = "internal_error"
 BAD_REPLY_TOPIC = "bad_reply_topic"
+CAPTURE_DISABLED = "capture_disabled"  # mqtt.allow_capture is off: nobody may open the room microphone
 
 MAX_JSON_DEPTH = 32  # a request is 3 levels deep; anything deeper is hostile (json recursion)
 MAX_JSON_STRINGS = 10_000  # strings in one request (keys included); a request has ~20

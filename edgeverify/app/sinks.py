@@ -2,6 +2,11 @@
 
 A sink is anything with publish_decision(body, source) -- Home Assistant's MQTT link, the CLI's printer.
 The daemon adds them; sources only know DecisionSinks.
+
+Who may set shared state (docs/security-trust-model.md, "Which sources may set which HA state"): only
+the device's own microphone and the Wyoming proxy (whose clients are admitted by address) say who is in
+the room. An MQTT request is a question from one requester about audio it sent: its answer goes to that
+requester, and it drives shared presence state only where the operator says MQTT requesters are trusted.
 """
 
 from __future__ import annotations
@@ -13,6 +18,14 @@ from typing import Any, Optional, Protocol
 from .counters import Counters
 
 log = logging.getLogger(__name__)
+
+
+PRESENCE_SOURCES = frozenset({"microphone", "wyoming"})  # sources that may say who is in the room
+
+
+def drives_presence(source: str, trust_mqtt_requests: bool = False) -> bool:
+    """May a decision from `source` set shared presence state (HA's event entity, last speaker, match)?"""
+    return source in PRESENCE_SOURCES or (trust_mqtt_requests and source == "mqtt")
 
 
 class DecisionSink(Protocol):

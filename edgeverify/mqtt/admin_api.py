@@ -5,6 +5,10 @@ are answered at once on the network thread; the work runs on the app's single mo
 microphone enrollment records on a thread of its own (so the worker, and with it the systemd watchdog,
 never waits for someone to speak), then enrolls on the worker; one at a time. Home Assistant's enroll
 entities start the same microphone enrollment (enroll_from_microphone) and follow it (AdminListener).
+
+Like Zigbee2MQTT's bridge API, every answer carries `status` ("ok" / "error", beside the existing `ok`)
+and echoes the request's JSON `transaction` (a string or number), because Home Assistant's mqtt.publish
+and most Node-RED flows cannot set MQTT v5 correlation data.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..app.admin import AdminHandler, AdminRequest, parse_admin_request
 from ..app.counters import Counters
-from ..app.protocol import BUSY, TOO_LARGE, Response, error_response, salvage_meta
+from ..app.protocol import BUSY, TOO_LARGE, Response, error_response, load_json, salvage_meta
 from ..app.worker import ModelWorker, TaskJob
 from ..errors import EdgeVerifyError, RequestError
 from ..store.config import Config
@@ -26,6 +30,19 @@ from .connection import MqttConnection
 from .requests import Inbound, MqttRequests, user_props
 
 log = logging.getLogger(__name__)
+
+MAX_TRANSACTION_CHARS = 200  # a longer transaction string is echoed cut to this
+MAX_TRANSACTION_NUMBER = 2 ** 53  # numbers beyond what JavaScript (Node-RED) holds exactly are not echoed
+
+
+def transaction_of(obj: Any) -> Any:
+    """The request's `transaction` to echo: a string (cut) or a number; None for anything else."""
+    value = obj.get("transaction") if isinstance(obj, dict) else None
+    if isinstance(value, str):
+        return value[:MAX_TRANSACTION_CHARS]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= MAX_TRANSACTION_NUMBER:
+        return value  # NaN, inf and 4000-digit integers are not echoed
+    return None
 
 
 class AdminListener(Protocol):
@@ -51,6 +68,7 @@ class MqttAdmin:
         self._listeners: list[AdminListener] = []
         self._lock = threading.Lock()
         self._recording: Optional[threading.Thread] = None
+        self._transactions: dict[int, Any] = {}  # id(job) -> its `transaction`, until answered
         # retained commands are never replayed at (re)subscription: an old enroll would run on every reconnect
         opts = SubscribeOptions(qos=config.mqtt.qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         connection.subscribe([(request_topic, opts)], connection.guarded(self._on_request))
@@ -65,7 +83,14 @@ class MqttAdmin:
         job = Inbound(topic=msg.topic, payload=msg.payload, properties=getattr(msg, "properties", None))
         job.acks, acks[:] = list(acks), []  # acknowledged once the answer is published
         limit = self.requests.max_payload_bytes
-        meta = salvage_meta(b"" if len(msg.payload) > limit else msg.payload, user_props(job.properties))
+        parsed: Any = None
+        if len(msg.payload) <= limit:
+            try:
+                parsed = load_json(msg.payload)
+            except EdgeVerifyError:
+                parsed = None
+        meta = salvage_meta(parsed if isinstance(parsed, dict) else b"", user_props(job.properties))
+        self._transactions[id(job)] = transaction_of(parsed)
         reply_to = meta.get("reply_to") or self.response_topic
         refusal: Optional[tuple[str, str]] = None
         try:
@@ -76,13 +101,13 @@ class MqttAdmin:
             refusal = (TOO_LARGE, f"payload is {len(msg.payload)} bytes, over the {limit} byte limit")
         if refusal is not None:
             self.counters.add("errors")
-            self.requests.reply(job, error_response(meta, *refusal), reply_to)
+            self._reply(job, error_response(meta, *refusal), reply_to)
             return
         self._submit(job, lambda: self._run(job, meta), meta, reply_to)
 
     def _submit(self, job: Inbound, work: Callable[[], None], meta: dict[str, Any], reply_to: str) -> None:
         def abort(message: str) -> None:
-            self.requests.reply(job, error_response(meta, BUSY, message), reply_to)
+            self._reply(job, error_response(meta, BUSY, message), reply_to)
 
         if not self.worker.submit(TaskJob(work, abort)):
             self.counters.add("errors")
@@ -155,10 +180,18 @@ class MqttAdmin:
         if started is not None:
             resp.elapsed_ms = 1000 * (time.perf_counter() - started)
         self.counters.answered(resp.ok)
-        body = self.requests.reply(job, resp, reply_to)
+        body = self._reply(job, resp, reply_to)
         if body.get("type") == "enroll":
             for listener in self._listeners:
                 listener.enroll_answered(body)
+
+    def _reply(self, job: Inbound, resp: Response, reply_to: str) -> dict[str, Any]:
+        """Every admin answer: `status` and the echoed `transaction` added, then published."""
+        transaction = self._transactions.pop(id(job), None)
+        resp.meta = {**resp.meta, "status": "ok" if resp.ok else "error"}
+        if transaction is not None:
+            resp.meta["transaction"] = transaction
+        return self.requests.reply(job, resp, reply_to)
 
     def _progress(self, status: str, message: str, name: Optional[str]) -> None:
         for listener in self._listeners:

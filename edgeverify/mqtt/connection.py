@@ -33,6 +33,18 @@ paho_log = logging.getLogger("edgeverify.paho")
 
 MessageCallback = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
 
+# A PUBLISH is its payload plus the topic (at most 64 KiB) and its properties (user properties,
+# correlation data, response topic): what we accept of those on top of limits.max_payload_bytes.
+PACKET_ALLOWANCE = 1024 * 1024
+MQTT_MAX_PACKET = 268_435_455  # the protocol's own limit (a 4-byte remaining length)
+
+
+def max_packet_size(max_payload_bytes: int) -> int:
+    """The v5 Maximum Packet Size announced in CONNECT: the broker discards, for us, any message bigger
+    than this (MQTT 5 3.1.2.25; mosquitto logs "Dropping too large outgoing PUBLISH") -- also one
+    queued in our persistent session, so a message we could not hold is never delivered, now or later."""
+    return min(MQTT_MAX_PACKET, max_payload_bytes + PACKET_ALLOWANCE)
+
 
 def describe_connect_error(exc: BaseException) -> str:
     """A one-line cause for a failed connection attempt (what an operator needs to fix it)."""
@@ -68,6 +80,7 @@ class MqttConnection:
         self._failures_logged: set[str] = set()  # failure states already logged since the last good connection
         self._online_at = 0.0
         self._stopping = False
+        self.max_packet_size = max_packet_size(config.limits.max_payload_bytes)  # fixed at start()
 
     # -- what the rest of the adapter uses --------------------------------------------------------
 
@@ -175,8 +188,11 @@ class MqttConnection:
         self._client = self._paho = c
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
-        log.info("connecting to mqtt%s://%s:%d as %s (session expiry %d s)", "s" if m.tls else "", m.host, m.port,
-                 self.config.client_id, m.session_expiry_s)
+        self.max_packet_size = max_packet_size(self.config.limits.max_payload_bytes)
+        props.MaximumPacketSize = self.max_packet_size
+        log.info("connecting to mqtt%s://%s:%d as %s (session expiry %d s, maximum packet %d bytes)",
+                 "s" if m.tls else "", m.host, m.port, self.config.client_id, m.session_expiry_s,
+                 self.max_packet_size)
         c.connect_async(m.host, m.port, keepalive=m.keepalive, clean_start=m.session_expiry_s == 0, properties=props)
         c.loop_start()
         self._net_thread = getattr(c, "_thread", None)  # paho's network thread: watched by liveness_problem()

@@ -15,10 +15,11 @@ other) and the retained "last decision of any kind" state of 0.1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .. import __version__
 from ..app.protocol import now_iso
@@ -30,6 +31,11 @@ EVENT_TYPES = ("identified", "unknown_speaker", "verified", "rejected")
 # The "Last speaker" state when identification found nobody: a space makes it impossible as a profile name
 # (A-Z a-z 0-9 _ . -), and it is not HA's own "unknown" (= no data yet).
 NO_MATCH = "unknown speaker"
+PERSON_PREFIX = "identified_"  # + person_slug(name): the per-person event type beside the generic ones
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# <base>/status: what the service says about itself (retained); a crash leaves "running" behind with
+# availability "offline" (the last will), a clean stop says "stopped" before it goes offline
+STATUS_RUNNING, STATUS_STOPPED, STATUS_RESTARTING = "running", "stopped", "restarting"
 LEGACY_COMPONENTS = (("binary_sensor", "match"), ("sensor", "speaker"), ("sensor", "score"))
 MIGRATE_PAYLOAD = b'{"migrate_discovery": true}'
 
@@ -64,6 +70,26 @@ class Topics:
     @property
     def diagnostics(self) -> str:
         return f"{self.base}/diagnostics"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def health(self) -> str:
+        return f"{self.base}/health"
+
+    @property
+    def ha_restart(self) -> str:
+        return f"{self.base}/admin/ha/restart"
+
+    @property
+    def ha_log_level(self) -> str:
+        return f"{self.base}/admin/ha/log_level"
+
+    @property
+    def ha_log_level_state(self) -> str:
+        return f"{self.base}/admin/ha/log_level/state"
 
     @property
     def admin(self) -> str:
@@ -115,6 +141,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
+def person_slug(name: str) -> str:
+    """A stable, collision-free event-type suffix for a profile name.
+
+    Profile names are [A-Za-z0-9_.-]{1,64}. A name that is already lower-case [a-z0-9_] is its own slug
+    (`alice` -> `identified_alice`); any other gets the slug of its letters plus 6 hex digits of its hash
+    (`Mary-Ann` -> `mary_ann_1f3a9c`), so `Mary-Ann`, `mary_ann` and `mary.ann` never share an event type
+    and a name's type never changes when other profiles come and go (automations keep working).
+    """
+    if re.fullmatch(r"[a-z0-9_]{1,64}", name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:6]
+    return f"{_slug(name) or 'x'}_{digest}"
+
+
+def person_event_type(name: str) -> str:
+    return PERSON_PREFIX + person_slug(name)
+
+
 def _entity(t: Topics, platform: str, key: str, name: str, legacy: bool = False, **options: Any) -> dict[str, Any]:
     """default_entity_id is what HA < 2025.10 derives anyway (device name + entity name; for 0.1's entities
     their object id), so an entity gets the same id on every HA version."""
@@ -123,12 +167,19 @@ def _entity(t: Topics, platform: str, key: str, name: str, legacy: bool = False,
     return {"p": platform, "name": name, "unique_id": uid, "default_entity_id": eid, **options}
 
 
-def device_discovery(t: Topics, model_name: str, admin_entities: bool, max_utterances: int = 10) -> dict[str, Any]:
+def device_discovery(t: Topics, model_name: str, admin_entities: bool, max_utterances: int = 10,
+                     person_names: Sequence[str] = (), admin_controls: bool = False,
+                     cpu_temperature: bool = False) -> dict[str, Any]:
     """The device-based discovery payload. admin_entities: the enroll-from-HA text/number/button/sensor
     (only when admin requests and the microphone are enabled; otherwise they are listed as removals).
     max_utterances: the enroll-utterances number's maximum, which is admin.max_clips (the limit the
-    device enforces), so HA never offers a value the device refuses or refuses one it would take."""
+    device enforces), so HA never offers a value the device refuses or refuses one it would take.
+    person_names: the profiles that get an `identified_<slug>` event type (already bounded by the caller).
+    admin_controls: the restart button and the log-level select (admin.enabled). cpu_temperature: the
+    board exposes one (else that sensor is listed as a removal)."""
     diag = {"entity_category": "diagnostic", "state_topic": t.diagnostics}
+    health = {"entity_category": "diagnostic", "state_topic": t.health}
+    online = {"topic": t.availability, "payload_available": "online", "payload_not_available": "offline"}
     cmps: dict[str, dict[str, Any]] = {
         # unique_ids of 0.1's entities are kept, so HA keeps their entity ids; the component keys differ
         # from 0.1's object ids on purpose: with equal discovery ids, clearing the old topics after the
@@ -150,7 +201,8 @@ def device_discovery(t: Topics, model_name: str, admin_entities: bool, max_utter
             json_attributes_topic=t.state, suggested_display_precision=3, icon="mdi:account-check",
         ),
         "event": _entity(
-            t, "event", "event", "Speaker", state_topic=t.event, event_types=list(EVENT_TYPES), icon="mdi:account-voice",
+            t, "event", "event", "Speaker", state_topic=t.event,
+            event_types=list(EVENT_TYPES) + [person_event_type(n) for n in person_names], icon="mdi:account-voice",
         ),
         "requests": _entity(
             t, "sensor", "requests", "Requests handled", value_template="{{ value_json.requests }}",
@@ -168,7 +220,47 @@ def device_discovery(t: Topics, model_name: str, admin_entities: bool, max_utter
             t, "sensor", "profiles", "Profiles", value_template="{{ value_json.profiles }}",
             icon="mdi:account-multiple", **diag,
         ),
+        # health (<base>/health, retained, every HEALTH_INTERVAL_S)
+        "started": _entity(t, "sensor", "started", "Started", value_template="{{ value_json.started }}",
+                           device_class="timestamp", **health),
+        "rss": _entity(t, "sensor", "rss", "Memory", value_template="{{ value_json.rss_mb }}", device_class="data_size",
+                       unit_of_measurement="MB", state_class="measurement", suggested_display_precision=0,
+                       icon="mdi:memory", **health),
+        "latency_p50": _entity(t, "sensor", "latency_p50", "Decision latency p50",
+                               value_template="{{ value_json.latency_ms.p50 }}", device_class="duration",
+                               unit_of_measurement="ms", state_class="measurement", **health),
+        "latency_p95": _entity(t, "sensor", "latency_p95", "Decision latency p95",
+                               value_template="{{ value_json.latency_ms.p95 }}", device_class="duration",
+                               unit_of_measurement="ms", state_class="measurement", **health),
+        "decisions_hour": _entity(t, "sensor", "decisions_hour", "Decisions per hour",
+                                  value_template="{{ value_json.decisions_per_hour }}", unit_of_measurement="/h",
+                                  state_class="measurement", icon="mdi:account-voice", **health),
+        "rejects_hour": _entity(t, "sensor", "rejects_hour", "Rejects per hour",
+                                value_template="{{ value_json.rejects_per_hour }}", unit_of_measurement="/h",
+                                state_class="measurement", icon="mdi:account-cancel", **health),
+        # running / stopped / restarting; available while the device is online OR after a clean stop, so HA
+        # shows "stopped" for a clean stop and "unavailable" after a crash (the last will, status still running)
+        "status": _entity(
+            t, "sensor", "status", "Service status", state_topic=t.status, device_class="enum",
+            options=[STATUS_RUNNING, STATUS_STOPPED, STATUS_RESTARTING], entity_category="diagnostic",
+            availability_mode="any", availability=[online, {
+                "topic": t.status, "value_template":
+                    "{{ 'online' if value in ('" + STATUS_STOPPED + "', '" + STATUS_RESTARTING + "') else 'offline' }}",
+            }], icon="mdi:power",
+        ),
     }
+    temp = _entity(t, "sensor", "cpu_temperature", "CPU temperature", value_template="{{ value_json.cpu_temp_c }}",
+                   device_class="temperature", unit_of_measurement="°C", state_class="measurement", **health)
+    cmps["cpu_temperature"] = temp if cpu_temperature else {"p": "sensor"}
+    controls: dict[str, dict[str, Any]] = {
+        "restart": _entity(t, "button", "restart", "Restart", command_topic=t.ha_restart, payload_press="PRESS",
+                           device_class="restart", entity_category="config"),
+        "log_level": _entity(t, "select", "log_level", "Log level", command_topic=t.ha_log_level,
+                             state_topic=t.ha_log_level_state, options=list(LOG_LEVELS), entity_category="config",
+                             icon="mdi:math-log"),
+    }
+    for key, cfg in controls.items():
+        cmps[key] = cfg if admin_controls else {"p": cfg["p"]}
     admin: dict[str, dict[str, Any]] = {
         "enroll_name": _entity(
             t, "text", "enroll_name", "Enroll name", command_topic=t.ha_enroll_name, state_topic=t.ha_enroll_state,
@@ -200,9 +292,8 @@ def device_discovery(t: Topics, model_name: str, admin_entities: bool, max_utter
         },
         "o": {"name": ORIGIN_NAME, "sw": __version__, "url": SUPPORT_URL},
         "cmps": cmps,
-        "availability_topic": t.availability,
-        "payload_available": "online",
-        "payload_not_available": "offline",
+        # the list form, so the status sensor can have its own (HA refuses availability_topic beside availability)
+        "availability": [online],
         "qos": 1,
     }
 

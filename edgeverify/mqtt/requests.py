@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ..app.counters import Counters
 from ..app.protocol import (
     BAD_REPLY_TOPIC,
     BUSY,
+    CAPTURE_DISABLED,
     INTERNAL,
     TOO_LARGE,
     Request,
@@ -40,10 +42,10 @@ from ..app.protocol import (
     salvage_meta,
 )
 from ..app.sinks import DecisionSinks
-from ..app.worker import ModelWorker
+from ..app.worker import LOCAL, NETWORK, ModelWorker
 from ..errors import EdgeVerifyError, RequestError
 from ..store.config import Config
-from .connection import MqttConnection
+from .connection import PACKET_ALLOWANCE, MqttConnection
 from .delivery import Ack, CachedReply, ReplyCache, request_key
 from .topics import ReplyPolicy, printable
 
@@ -58,6 +60,10 @@ class Handler(Protocol):
     """What answers a request (app.decisions.DecisionService)."""
 
     def handle(self, request: Request) -> Response: ...
+
+    def capture_samples(self, request: Request) -> Any: ...
+
+    def decide_capture(self, request: Request, samples: Any) -> Response: ...
 
 
 def user_pairs(props: Any) -> list[tuple[str, str]]:
@@ -89,18 +95,53 @@ class Inbound:
     key: Optional[bytes] = None  # delivery.request_key (None: not de-duplicated)
 
 
+_JSON_FIELD = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
+               for key in ("requestor_id", "reply_to")}
+
+
+def _json_field(payload: bytes, key: str) -> Optional[str]:
+    """A string field of a JSON request found without parsing it (the network thread must not parse
+    megabytes): the first `"key": "value"` in its first 64 KiB (metadata comes before the audio in any
+    sensible request; a linear scan of that much is cheap whatever it holds). Only used to pick a queue."""
+    m = _JSON_FIELD[key].search(payload, 0, 65536)
+    return None if m is None else m.group(1).decode("utf-8", "replace")
+
+
+def requester_of(topic: str, payload: bytes, props: Any) -> str:
+    """Whose turn a request takes in the worker's queue: the requestor_id it carries (v5 user property, or
+    the JSON field), else its reply topic without the last level (requesters use one reply namespace and
+    vary the last level), else "". Both are claims: see docs/security.md for what that cannot tell apart."""
+    rid = user_props(props).get("requestor_id")
+    if rid is None and MqttRequests._raw_kind(topic) is None:
+        rid = _json_field(payload, "requestor_id")
+    if rid:
+        return "id:" + rid[:256]
+    reply = getattr(props, "ResponseTopic", None)
+    if reply is None and MqttRequests._raw_kind(topic) is None:
+        reply = _json_field(payload, "reply_to")
+    if reply is None:
+        reply = user_props(props).get("reply_to")
+    if reply:
+        return "topic:" + reply.rsplit("/", 1)[0][:256]
+    return ""
+
+
 @dataclass
 class RequestJob:
-    """A request on <base>/request or <base>/request/<type>, for the model worker."""
+    """A request on <base>/request or <base>/request/<type>, for the model worker (network lane)."""
 
     requests: "MqttRequests"
     inbound: Inbound
+    requester: str = ""
+    lane: str = NETWORK
 
     def run(self) -> None:
+        later = False
         try:
-            self.requests.process(self.inbound)
+            later = self.requests.process(self.inbound)
         finally:
-            self.requests.forget(self.inbound)
+            if not later:  # a capture in progress stays in hand: a redelivery merges with it
+                self.requests.forget(self.inbound)
 
     def abort(self, reason: str) -> None:
         """Shutdown: with a persistent session it stays unacknowledged and the broker redelivers it to the
@@ -108,6 +149,34 @@ class RequestJob:
         self.requests.forget(self.inbound)
         if self.requests.config.mqtt.session_expiry_s == 0:
             self.requests.reject(self.inbound, BUSY, reason)
+
+    def refuse(self, reason: str) -> None:
+        """Dropped from a full queue for another requester: "busy" now (a retry is welcome later)."""
+        self.requests.forget(self.inbound)
+        self.requests.reject(self.inbound, BUSY, reason)
+
+
+@dataclass
+class CaptureJob:
+    """A capture's recorded samples, for the worker: the device's own microphone, so the local lane."""
+
+    requests: "MqttRequests"
+    inbound: Inbound
+    request: Request
+    meta: dict[str, Any]
+    started: float
+    samples: Any
+    lane: str = LOCAL
+
+    def run(self) -> None:
+        try:
+            self.requests.decide_capture(self.inbound, self.request, self.meta, self.started, self.samples)
+        finally:
+            self.requests.forget(self.inbound)
+
+    def abort(self, reason: str) -> None:
+        self.requests.forget(self.inbound)
+        self.requests.reply(self.inbound, error_response(self.meta, BUSY, reason), self.meta.get("reply_to"))
 
 
 class MqttRequests:
@@ -129,6 +198,8 @@ class MqttRequests:
         self.cache = ReplyCache()
         self._lock = threading.Lock()
         self._in_hand: dict[bytes, Inbound] = {}  # request_key -> queued or running request
+        self._capturing: Optional[threading.Thread] = None  # the one capture recording, if any
+        self.allow_capture = m.allow_capture  # live on reload (MqttService.reconfigure)
         # retained requests are never replayed at (re)subscription: one would be re-run on every reconnect
         opts = SubscribeOptions(qos=m.qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         subs = [(f"{self.request_topic}/#", opts)] + ([(self.shared_topic, opts)] if self.shared_topic else [])
@@ -136,7 +207,14 @@ class MqttRequests:
         connection.set_default_callback(self._on_message)
 
     def set_max_payload_bytes(self, limit: int) -> None:
-        """limits.max_payload_bytes is live on reload."""
+        """limits.max_payload_bytes on reload: a lower limit applies at once (checked here); a higher one
+        only after a restart, because the broker goes on discarding packets over the Maximum Packet Size
+        announced when we connected (a CONNECT property: it changes only with a new connection, and a
+        reconnect just for this would drop in-flight acknowledgements)."""
+        ceiling = self.connection.max_packet_size - PACKET_ALLOWANCE
+        if limit > ceiling:
+            log.warning("reload: limits.max_payload_bytes %d is over the %d announced to the broker at start-up; "
+                        "larger requests are discarded by the broker until a restart", limit, ceiling)
         self.max_payload_bytes = limit
 
     # -- network thread: enqueue only --------------------------------------------------------------
@@ -183,9 +261,11 @@ class MqttRequests:
                      printable(cached.topic))
             self._send(cached.topic, cached.payload, cached.correlation, job.acks)
             return
-        if not self.worker.submit(RequestJob(self, job)):
+        who = requester_of(job.topic, job.payload, props)
+        if not self.worker.submit(RequestJob(self, job, who)):
             self.forget(job)
-            self.reject(job, BUSY, f"{self.worker.capacity} requests already queued; retry later")
+            self.reject(job, BUSY, f"{self.worker.queued(who)} request(s) of this requester and "
+                                   f"{self.worker.queued()} in all already queued; retry later")
 
     def forget(self, job: Inbound) -> None:
         if job.key is not None:
@@ -222,11 +302,12 @@ class MqttRequests:
         self.connection.acks.ack_now(job.acks)
         return True
 
-    def process(self, job: Inbound) -> None:
-        """Worker: parse once, decide, reply; a decision also goes to the sinks (Home Assistant)."""
+    def process(self, job: Inbound) -> bool:
+        """Worker: parse once, decide, reply; a decision also goes to the sinks (Home Assistant).
+        True when the answer comes later (a capture recording on its own thread)."""
         started = time.perf_counter()
         if self._expired(job):
-            return
+            return False
         props = user_props(job.properties)
         kind = self._raw_kind(job.topic)
         meta: dict[str, Any] = {}
@@ -244,6 +325,11 @@ class MqttRequests:
             refusal = self._reply_refusal(job, req.reply_to)
             if refusal is not None:
                 resp = error_response(meta, BAD_REPLY_TOPIC, f"reply topic refused: {refusal}")
+            elif req.type == "capture":
+                resp = self._capture_refusal(meta)
+                if resp is None:
+                    self._start_capture(job, req, meta, started)
+                    return True
             else:
                 resp = self.handler.handle(req)
         except EdgeVerifyError as exc:
@@ -253,12 +339,65 @@ class MqttRequests:
             log.exception("request on %s failed", printable(job.topic))
             meta = meta or salvage_meta(parsed, props, kind)
             resp = error_response(meta, INTERNAL, f"internal error: {type(exc).__name__}")
+        self._finish(job, resp, meta, started)
+        return False
+
+    def _finish(self, job: Inbound, resp: Response, meta: dict[str, Any], started: float) -> None:
         resp.elapsed_ms = 1000 * (time.perf_counter() - started)
         self.counters.answered(resp.ok)
         body = self.reply(job, resp, meta.get("reply_to"))
         self.counters.latency(resp.elapsed_ms)
         if resp.ok:
             self.sinks.publish_decision(body, "mqtt")
+
+    # -- capture: the room microphone, recorded off the worker ---------------------------------------
+
+    def _capture_refusal(self, meta: dict[str, Any]) -> Optional[Response]:
+        if not self.allow_capture:
+            log.warning("capture refused (mqtt.allow_capture is off) for requestor_id=%s",
+                        printable(meta.get("requestor_id"), 80))
+            return error_response(meta, CAPTURE_DISABLED, "capture (recording from the room microphone) is "
+                                                          "disabled on this device (mqtt.allow_capture: false)")
+        with self._lock:
+            if self._capturing is not None and self._capturing.is_alive():
+                return error_response(meta, BUSY, "a capture is already recording; retry later")
+        return None
+
+    def _start_capture(self, job: Inbound, req: Request, meta: dict[str, Any], started: float) -> None:
+        """Record on a thread of its own (the worker, and with it the watchdog, never waits for someone to
+        speak), then decide on the worker's local lane; one capture at a time."""
+        log.info("capture: recording from the microphone for requestor_id=%s", printable(req.requestor_id, 80))
+        thread = threading.Thread(target=self._record, args=(job, req, meta, started), name="edgeverify-capture",
+                                  daemon=True)
+        with self._lock:
+            self._capturing = thread
+        thread.start()
+
+    def _record(self, job: Inbound, req: Request, meta: dict[str, Any], started: float) -> None:
+        try:
+            samples = self.handler.capture_samples(req)
+        except EdgeVerifyError as exc:
+            self._finish(job, error_response(meta, exc.code, exc.message), meta, started)
+            return
+        except Exception as exc:  # a bug must not go unanswered
+            log.exception("capture failed")
+            self._finish(job, error_response(meta, INTERNAL, f"internal error: {type(exc).__name__}"), meta, started)
+            return
+        decide = CaptureJob(self, job, req, meta, started, samples)
+        if not self.worker.submit(decide):
+            decide.abort("the device is busy; retry later")
+
+    def decide_capture(self, job: Inbound, req: Request, meta: dict[str, Any], started: float,
+                       samples: Any) -> None:
+        """Worker: the decision on recorded samples, answered like any request."""
+        try:
+            resp = self.handler.decide_capture(req, samples)
+        except EdgeVerifyError as exc:
+            resp = error_response(meta, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("capture decision failed")
+            resp = error_response(meta, INTERNAL, f"internal error: {type(exc).__name__}")
+        self._finish(job, resp, meta, started)
 
     # -- publishing --------------------------------------------------------------------------------
 

@@ -53,11 +53,17 @@ class MqttService:
         self.connection.start()
 
     def stop(self, timeout: float = 3.0) -> None:
+        self.ha.publish_stopped()  # before "offline": HA tells a clean stop from a crash (the will)
         self.connection.stop(timeout)
 
     def set_max_payload_bytes(self, limit: int) -> None:
-        """A reload: the request size limit is live."""
+        """A reload: the request size limit (lower: at once; higher: after a restart, see MqttRequests)."""
         self.requests.set_max_payload_bytes(limit)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: the MQTT settings declared live (the size limit, mqtt.allow_capture)."""
+        self.requests.set_max_payload_bytes(config.limits.max_payload_bytes)
+        self.requests.allow_capture = config.mqtt.allow_capture
 
     def tick(self) -> None:
         """From the worker loop: refresh the expiring `online`, publish diagnostics when due."""

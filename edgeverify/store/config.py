@@ -270,6 +270,12 @@ class MqttConfig:
     reply_topics: list[str] = setting(
         doc='topic filters replies may go to, e.g. ["hub/answers/#"]; [] = any topic the reply-topic policy allows',
         check=Custom(_reply_topics, "list", "MQTT topic filters"), default_factory=list, reload=RESTART)
+    allow_capture: bool = setting(
+        False, doc="capture requests may record from the room microphone for any requester; off: capture_disabled "
+                   "error", check=Bool(), reload=LIVE)
+    identify_scores: bool = setting(
+        False, doc="identify answers and events list every enrolled name's score (tells any requester who is "
+                   "enrolled); off: the decision and the best candidate's score only", check=Bool(), reload=LIVE)
 
     def secret(self) -> Optional[str]:
         """The password, read from password_file when given (file content, trailing newline stripped)."""
@@ -323,6 +329,10 @@ class LimitsConfig:
     max_audio_seconds: float = setting(60.0, doc="longer clips get a too_long error", check=Num(1, 600), reload=LIVE)
     queue_size: int = setting(8, doc='requests waiting beyond this get an immediate "busy" error',
                               check=Int(1, 1000), reload=RESTART)
+    queue_per_requester: Optional[int] = setting(
+        None, doc='places one requester may hold in the queue (more: "busy"); null = all of them while nobody '
+                  'else waits (a full queue always makes room for a requester with fewer)',
+        check=Int(1, 1000), nullable=True, reload=RESTART)
 
 
 _VAD = VadConfig()  # the microphone's VAD keeps the core's defaults unless the config says otherwise
@@ -394,6 +404,19 @@ class AdminConfig:
                              reload=RESTART)
     utterance_timeout_s: float = setting(20.0, doc="microphone enrollment: wait at most this long for each utterance",
                                          check=Num(1, 120), reload=RESTART)
+
+
+@dataclass
+class HomeAssistantConfig:
+    """What Home Assistant is shown (MQTT discovery; docs/home-assistant.md, docs/security-trust-model.md)."""
+
+    trust_mqtt_requests: bool = setting(
+        False, doc="MQTT request decisions also drive HA's event entity and retained speaker state like the "
+                   "microphone's; off: they answer their requester only (only turn on with a broker ACL that "
+                   "limits who may send requests)", check=Bool(), reload=RESTART)
+    person_events: int = setting(
+        32, doc="profiles (oldest first) that get their own identified_<name> event type; 0 = generic types only",
+        check=Int(0, 100), reload=RESTART)
 
 
 @dataclass
@@ -476,6 +499,7 @@ class Config:
     microphone: MicrophoneConfig = section(MicrophoneConfig, MicrophoneConfig.__doc__ or "")
     admin: AdminConfig = section(AdminConfig, AdminConfig.__doc__ or "")
     wyoming: WyomingConfig = section(WyomingConfig, WyomingConfig.__doc__ or "")
+    homeassistant: HomeAssistantConfig = section(HomeAssistantConfig, HomeAssistantConfig.__doc__ or "")
     source: Optional[str] = None  # the file it was read from (not a setting)
 
     @property
