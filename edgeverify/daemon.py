@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from .app.counters import Counters
 from .app.decisions import DecisionService
-from .app.model import load_verifier
+from .app.model import auto_moved, check_profiles, load_verifier, report_profiles
 from .app.sinks import DecisionSinks
 from .app.worker import ModelWorker, UtteranceSource
 from .errors import ConfigError, EdgeVerifyError
@@ -142,10 +142,13 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
-        notify.status(f"loading model {cfg.model}")
-        verifier = load_verifier(cfg, warm_up=True)
-        self.store = ProfileStore(cfg.state_dir)
+        self.store = ProfileStore(cfg.state_dir)  # before the model: `model: auto` follows the profiles
         log.info("%d profile(s) in %s", self.store.reload(), self.store.dir)
+        notify.status(f"loading model {cfg.model_name}")
+        verifier = load_verifier(cfg, warm_up=True, store=self.store)
+        problem = report_profiles(self.store, verifier.model).problem
+        if problem:
+            notify.status(problem)
         self.service = DecisionService(verifier, self.store, cfg.limits.max_audio_seconds,
                                        cfg.microphone.verify_profile, cfg.microphone.sample_rate,
                                        identify_scores=cfg.mqtt.identify_scores)
@@ -199,8 +202,10 @@ class Daemon:
         extra = "".join(f", {n} {what}" for n, what in ((c.expired, "expired"), (c.duplicates, "repeat(s)"),
                                                          (c.refused_replies, "reply topic(s) refused")) if n)
         wyo = "" if self.wyoming is None else f", wyoming {self.wyoming.proxy.decisions} decision(s)"
+        models = check_profiles(self.store, self.service.verifier.model)
+        unscored = f" ({len(models.other_model)} of another model: re-enroll)" if models.other_model else ""
         return (
-            f"{mqtt_state}; model {self.service.verifier.model_name}; {len(self.store.list())} profile(s); "
+            f"{mqtt_state}; model {self.service.verifier.model.label}; {len(self.store.list())} profile(s){unscored}; "
             f"{c.handled} request(s), {c.errors} error(s){extra}{mic}{wyo}"
         )
 
@@ -235,9 +240,10 @@ class Daemon:
             return
         plan = reload_plan(self.config, new)  # from each setting's declared reload kind (store/config)
         verifier = None
-        if plan.reload_model:
+        self.store.reload()
+        if plan.reload_model or auto_moved(plan.config, self.store, self.service.verifier.model):
             try:
-                verifier = load_verifier(plan.config, warm_up=True)
+                verifier = load_verifier(plan.config, warm_up=True, store=self.store)
             except EdgeVerifyError as exc:
                 log.error("reload: keeping the running model: %s", exc.message)
                 notify.ready(f"reload failed: {exc.message}")
@@ -250,6 +256,7 @@ class Daemon:
         self.mqtt.reconfigure(new)
         self.config = new
         count = self.store.reload()
+        report_profiles(self.store, self.service.verifier.model)
         logging.getLogger().setLevel(new.log_level.upper())
         log.info("reloaded configuration and %d profile(s)", count)
         notify.ready(self._status_text())

@@ -53,6 +53,12 @@ class UnknownProfileError(ProfileError):
     code = "unknown_profile"
 
 
+class ProfileModelMismatchError(ProfileError):
+    """The profile was enrolled with another speaker model: its embedding means nothing to this one."""
+
+    code = "profile_model_mismatch"
+
+
 class RequestError(EdgeVerifyError):
     code = "bad_request"
 

@@ -26,7 +26,7 @@ def test_defaults() -> None:
     assert c.mqtt.port == 1883 and c.mqtt.qos == 1 and c.mqtt.topic_prefix == "edgeverify"
     assert c.mqtt.discovery_prefix == "homeassistant" and c.mqtt.shared_group is None
     assert c.threshold is None and c.state_dir == DEFAULT_STATE_DIR
-    assert c.model_name == "ecapa" and c.precision == "int8" and c.model == "int8"
+    assert c.model_name == "auto" and c.precision == "int8" and c.model == "auto"  # auto: app.model.choose_model
     assert c.target_far is None and c.score == "calibrated"
     assert c.microphone.enabled is False and c.microphone.sample_rate == 16000
     assert c.client_id == f"edgeverify-{c.device_id}"
@@ -53,8 +53,8 @@ def test_defaults() -> None:
         ({"device_id": "kitchen/pi"}, "device_id: must be 1-64 characters"),
         ({"threshold": 2}, "threshold: must be a number -1-1, got 2"),
         ({"threshold": True}, "threshold: must be a number"),
-        ({"model": "int4"}, "model: must be ecapa, campp or a path to an .onnx file"),
-        ({"model": 8}, "model: must be ecapa, campp"),
+        ({"model": "int4"}, "model: must be auto, ecapa, campp or a path to an .onnx file"),
+        ({"model": 8}, "model: must be auto, ecapa, campp"),
         ({"precision": "int4"}, "precision: must be one of int8, fp32, got 'int4'"),
         ({"model": "fp32", "precision": "int8"}, "precision: contradicts model: fp32"),
         ({"device_id": "kitchen\n"}, "device_id: must be 1-64 characters"),

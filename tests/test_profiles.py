@@ -50,7 +50,7 @@ def test_files_private_and_atomic(tmp_path: Path) -> None:
     assert doc["name"] == "bob" and len(doc["embedding"]) == 192
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "..", "x" * 65, "sp ace", "ü"])
+@pytest.mark.parametrize("name", ["", "a/b", "..", "x" * 65, "sp ace", "ü", "alice\n", "alice\r\n", "\nalice"])
 def test_bad_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(ProfileError, match="invalid profile name"):
         ProfileStore(tmp_path).enroll(name, _speaker(3, 1))
@@ -155,3 +155,138 @@ def test_cli_identify_and_enroll_use_the_configs_vad_mode(tmp_path: Path, int8_m
             assert "speech" in r.stderr
         r = _cli("enroll", "noise", str(clip), "--config", str(cfg))
         assert (r.returncode == 0) == works, (mode, r.stdout, r.stderr)
+
+
+def test_names_are_unique_regardless_of_case(tmp_path: Path) -> None:
+    """Case-preserving, case-insensitively unique: "Alice" is refused beside "alice" (even with replace),
+    the stored name keeps its case, and a lookup in the wrong case says which name exists."""
+    store = ProfileStore(tmp_path)
+    store.enroll("Alice", _speaker(1, 3))
+    for replace in (False, True):
+        with pytest.raises(ProfileError, match="'Alice' already exists and names differ only in case"):
+            store.enroll("alice", _speaker(2, 3), replace=replace)
+    assert [p.name for p in store.list()] == ["Alice"]
+    with pytest.raises(UnknownProfileError, match="there is 'Alice'"):
+        store.forget("ALICE")
+    store.enroll("Alice", _speaker(2, 3), replace=True)  # the same name in its own case is a replacement
+    store.forget("Alice")
+    store.enroll("alice", _speaker(2, 3))  # once forgotten, the name is free in any case
+
+
+def test_a_replaced_voiceprint_is_logged_as_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = ProfileStore(tmp_path)
+    with caplog.at_level("INFO", logger="edgeverify.store.profiles"):
+        first = store.enroll_replacing("bob", _speaker(3, 3))
+        second = store.enroll_replacing("bob", _speaker(4, 3), replace=True)
+    assert first.replaced is None and second.replaced is not None
+    assert second.replaced.created == first.profile.created
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("bob enrolled" in line for line in lines) == 1, lines
+    assert sum("bob replaced" in line for line in lines) == 1, lines
+
+
+def test_one_store_shared_by_threads(tmp_path: Path, int8_model: Path) -> None:
+    """The model worker and Wyoming's executor share one store: two threads enroll and forget while two
+    others list and score with the real cohort scorer. Each writer must see its own change at once (a
+    forgotten profile is never scored again), and nobody may crash on the cache swapped under them.
+    (Without the store's lock this fails within a second: stale sides, or a KeyError in sides().)"""
+    import sys
+    import threading
+    import time
+
+    from edgeverify.core.scoring import cohort_file, load_scorer
+
+    scorer = load_scorer(cohort_file(int8_model, "int8"), int8_model, "int8")
+    store = ProfileStore(tmp_path)
+    anchors = [f"anchor{i}" for i in range(12)]
+    for i, name in enumerate(anchors):
+        store.enroll(name, _speaker(500 + i, 3), scorer=scorer)
+    probe = _unit(_speaker(500, 1)[0])
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def writer(tag: str) -> None:
+        try:
+            for i in range(60):
+                if stop.is_set():
+                    return
+                name = f"{tag}{i}"
+                store.enroll(name, _speaker(100 + i + (1000 if tag == "x" else 0), 1))
+                if name not in store.sides(scorer):
+                    errors.append(f"{name} enrolled but not in sides()")
+                store.forget(name)
+                if name in store.sides(scorer) or name in {p.name for p in store.list()}:
+                    errors.append(f"{name} forgotten but still scored")
+        except Exception as exc:  # noqa: BLE001 -- any crash is the failure being tested
+            errors.append(f"writer {tag}: {type(exc).__name__}: {exc}")
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                assert set(anchors) <= set(store.sides(scorer))
+                store.list()
+                assert store.identify(probe, 0.5)[0] == "anchor0"
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"reader: {type(exc).__name__}: {exc!r}")
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in ("w", "x")] + [
+        threading.Thread(target=reader) for _ in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: interleavings that are rare otherwise happen here
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        for t in threads[:2]:
+            t.join(max(0.1, deadline - time.monotonic()))
+        stop.set()
+        for t in threads:
+            t.join(5)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:5]
+    assert sorted(p.name for p in store.list()) == sorted(anchors)
+
+
+def test_a_forgotten_profile_is_not_scored_by_a_reader_that_was_mid_way(tmp_path: Path, int8_model: Path) -> None:
+    """The interleaving that bit without the lock, made deterministic: a reader (Wyoming's thread) is
+    half-way through preparing every profile for scoring when the worker forgets bob. Without the lock
+    the reader then stored its stale preparation as current, and every later request scored bob again
+    until the next change on disk."""
+    import threading
+
+    from edgeverify.core.scoring import cohort_file, load_scorer
+
+    real = load_scorer(cohort_file(int8_model, "int8"), int8_model, "int8")
+    inside, resume = threading.Event(), threading.Event()
+
+    class PausingScorer:  # the real scorer, paused once inside side() so the other thread can run
+        fingerprint = real.fingerprint
+
+        def side(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if threading.current_thread().name == "reader" and not inside.is_set():
+                inside.set()
+                resume.wait(10)
+            return real.side(*args, **kwargs)
+
+    scorer = PausingScorer()
+    store = ProfileStore(tmp_path)
+    store.enroll("alice", _speaker(1, 3))  # no cohort statistics stored: sides() computes them
+    store.enroll("bob", _speaker(2, 3))
+    reader = threading.Thread(target=store.sides, args=(scorer,), name="reader")
+    reader.start()
+    assert inside.wait(10)
+    seen_by_worker: list[list[str]] = []
+
+    def worker() -> None:  # forget bob, then answer a request (it reads the profiles again)
+        store.forget("bob")
+        seen_by_worker.append(sorted(store.sides(scorer)))
+
+    forgetter = threading.Thread(target=worker)
+    forgetter.start()
+    forgetter.join(0.5)  # with the lock it waits for the reader; without, it is done before the reader
+    resume.set()
+    reader.join(10)
+    forgetter.join(10)
+    assert not store.path("bob").exists() and seen_by_worker == [["alice"]]
+    assert sorted(store.sides(scorer)) == ["alice"]  # the next request must not score bob

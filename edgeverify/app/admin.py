@@ -18,16 +18,41 @@ from typing import Any, Optional
 import numpy as np
 
 from ..core.audio import TARGET_RATE, audio_from_array
-from ..store.config import AdminConfig
+from ..store.config import PROFILE_NAME_RE, AdminConfig
 from ..store.enrollment import EnrollmentReport, enroll
 from ..errors import AdminDisabledError, EdgeVerifyError, RequestError
 from ..store.profiles import check_name
 from .decisions import DecisionService
+from .model import check_profiles
 from .protocol import META_FIELDS, Clip, RequestMeta, Response, error_response, meta_fields, opt_str, parse_clip, typed_object
 
 log = logging.getLogger(__name__)
 
 ADMIN_TYPES = ("enroll", "forget", "list")
+REENROLL_STATUS = "re-enroll"  # HA's enroll state while profiles of another model wait to be enrolled again
+
+
+def shown(text: Optional[str], limit: int = 80) -> str:
+    """A name as it may appear in a log line: a valid profile name as it is, anything else quoted with
+    control characters and line breaks escaped (repr) and cut short -- a request can never forge or split
+    a journal line."""
+    if text is None:
+        return "None"
+    if PROFILE_NAME_RE.fullmatch(text):
+        return text
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def reenroll_status(service: DecisionService) -> Optional[str]:
+    """The message for Home Assistant's enroll status (status REENROLL_STATUS) while some profiles were
+    enrolled with another model than the running one ("2 profile(s) not scored by campp: ...; re-enroll
+    them"); None when every profile is scored."""
+    if service.verifier is None:
+        return None
+    try:
+        return check_profiles(service.store, service.verifier.model).problem
+    except EdgeVerifyError:
+        return None
 
 
 @dataclass
@@ -42,7 +67,7 @@ class AdminRequest(RequestMeta):
 
     def describe(self) -> str:
         """What was asked, for the audit log line (never the audio)."""
-        what = self.type + (f" {self.name}" if self.name else "")
+        what = self.type + (f" {shown(self.name)}" if self.name else "")
         if self.type == "enroll":
             what += f" from {self.utterances} microphone utterance(s)" if self.utterances else f" from {len(self.clips)} clip(s)"
         who = f"requestor_id={self.requestor_id!r} requestor_type={self.requestor_type!r} request_id={self.request_id!r}"
@@ -94,8 +119,11 @@ class AdminHandler:
         try:
             if req.type == "list":
                 profiles = self.service.store.list()
-                result: dict[str, Any] = {"profiles": [
-                    {"name": p.name, "clips": p.clips, "created": p.created, "model": p.model} for p in profiles
+                verifier = self.service.verifier  # None: a service without a model (tests of the adapters)
+                model = None if verifier is None else verifier.model
+                result: dict[str, Any] = {"model": None if model is None else model.to_dict(), "profiles": [
+                    {"name": p.name, "clips": p.clips, "created": p.created, "model": p.model.to_dict(),
+                     "scored": None if model is None else p.model.same_model(model)} for p in profiles
                 ]}
                 return self._done(req, Response(ok=True, meta=req.meta(), result=result))
             if req.type == "forget":
@@ -118,7 +146,7 @@ class AdminHandler:
         if mic is None:
             raise RequestError("enrolling from the microphone needs microphone.enabled: true (and a working device)")
         n = int(req.utterances or 0)
-        log.info("admin: recording %d utterance(s) for %s", n, req.name)
+        log.info("admin: recording %d utterance(s) for %s", n, shown(req.name))
         return mic.capture_utterances(n, timeout=n * self.config.utterance_timeout_s)
 
     def enroll_samples(self, req: AdminRequest, utterances: list[np.ndarray]) -> Response:
@@ -136,6 +164,10 @@ class AdminHandler:
     def failed(self, req: AdminRequest, exc: EdgeVerifyError) -> Response:
         return self._done(req, error_response(req.meta(), exc.code, exc.message))
 
+    def reenroll_status(self) -> Optional[str]:
+        """See reenroll_status(service)."""
+        return reenroll_status(self.service)
+
     @staticmethod
     def _enroll_response(req: AdminRequest, report: EnrollmentReport) -> Response:
         if report.error is None:
@@ -146,5 +178,7 @@ class AdminHandler:
     @staticmethod
     def _done(req: AdminRequest, resp: Response) -> Response:
         outcome = "ok" if resp.ok else f"{resp.error_code}: {resp.error_message}"
+        if resp.ok and req.type == "enroll" and (resp.result or {}).get("replaced"):
+            outcome = "ok, replaced the existing voiceprint"
         log.info("admin %s: %s", req.describe(), outcome)
         return resp

@@ -72,7 +72,7 @@ class DecisionService:
     def _result(self, test: tuple, profile: Optional[str], threshold: Optional[float],
                 target_far: Optional[float] = None) -> dict[str, Any]:
         """verify the prepared clip against `profile`, or identify among all profiles when profile is None."""
-        sides = self.store.sides(self.verifier.scorer)
+        sides = self.store.sides(self.verifier.scorer, self.verifier.model)
         if profile is not None:
             if profile not in sides:
                 self.store.get(profile)  # UnknownProfileError -> error reply
@@ -89,6 +89,9 @@ class DecisionService:
         # the decision and the best candidate's score (`score`) only; its name only when it is accepted
         if self.identify_scores:
             result["scores"] = {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:10]}
+        skipped = self.verifier.other_model(sides)  # enrolled with another model: never scored
+        if skipped:
+            result["skipped_profiles"] = {"count": len(skipped), "reason": "enrolled with another model: re-enroll"}
         return result
 
     def handle(self, req: Request) -> Response:

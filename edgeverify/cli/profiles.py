@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from .verify import add_model_choice
+
 _CONFIG_HELP = "config file for state_dir/model/threshold (default: $EDGEVERIFY_CONFIG or /etc/edgeverify/config.yaml; optional)"
 
 
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("clips", nargs="+", metavar="CLIP", help="WAV/FLAC recordings of the speaker, a few seconds of speech each")
     p.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
     p.add_argument("--min-consistency", type=float, default=None, help="refuse a clip whose cosine to the others is below this (default 0.2)")
+    add_model_choice(p, "the config's model")
     add_config_arguments(p)
     p.set_defaults(func=enroll)
 
@@ -39,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-far", type=float, default=None, metavar="F",
                    help="operating point: false-accept rate F per profile on the calibration trials (default: EER point)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_choice(p, "the config's model")
     add_config_arguments(p)
     p.set_defaults(func=identify)
 
@@ -62,13 +66,16 @@ def enroll(args: argparse.Namespace) -> int:
 
     check_name(args.name)
     config, store = open_config_and_store(args)
-    report = enroll_clips(load_verifier(config), store, args.name, args.clips, replace=args.replace)
+    verifier = load_verifier(config, store=store, model=args.model, precision=args.precision)
+    report = enroll_clips(verifier, store, args.name, args.clips, replace=args.replace)
     for clip in report.clips:
         print(clip.line())
     if report.error is not None:
         raise report.error  # one line on stderr, exit 2 (same as any other error)
     assert report.profile is not None
-    print(f"enrolled {report.profile.name} from {report.profile.clips} clip(s) in {store.path(report.profile.name)}")
+    done = "replaced" if report.replaced is not None else "enrolled"
+    print(f"{done} {report.profile.name} from {report.profile.clips} clip(s) with {report.profile.model.label} "
+          f"in {store.path(report.profile.name)}")
     for note in report.notes:
         print(f"note: {note}")
     print("a running daemon picks it up on the next request")
@@ -76,15 +83,29 @@ def enroll(args: argparse.Namespace) -> int:
 
 
 def list_profiles(args: argparse.Namespace) -> int:
-    _, store = open_config_and_store(args)
+    """Each profile with the model it was enrolled with, and whether the configured model scores it
+    (`model: auto` resolved as the daemon resolves it; a model given as a file path is not opened here)."""
+    from ..app.model import choose_model
+
+    config, store = open_config_and_store(args)
     profiles = store.list()
+    running = choose_model(config.model_name, store).model
+    if running in ("int8", "fp32"):  # before `precision:` existed: ECAPA at that precision
+        running = "ecapa"
+    known = running in ("ecapa", "campp")
+
+    def scored(p: Any) -> Any:
+        return p.model.name == running if known else None
+
     if args.json:
-        print(json.dumps([{"name": p.name, "clips": p.clips, "created": p.created, "model": p.model} for p in profiles]))
+        print(json.dumps([{"name": p.name, "clips": p.clips, "created": p.created, "model": p.model.to_dict(),
+                           "scored": scored(p)} for p in profiles]))
     elif not profiles:
         print(f"no profiles in {store.dir}")
     else:
         for p in profiles:
-            print(f"{p.name}\t{p.clips} clip(s)\t{p.created}\t{p.model or ''}")
+            note = "" if scored(p) is not False else f"\tnot scored by {running}: re-enroll"
+            print(f"{p.name}\t{p.clips} clip(s)\t{p.created}\t{p.model.label}{note}")
     return 0
 
 
@@ -100,9 +121,12 @@ def identify(args: argparse.Namespace) -> int:
     from ..core.audio import read_audio
 
     config, store = open_config_and_store(args)
-    verifier = load_verifier(config, args.threshold, getattr(args, "target_far", None))
+    verifier = load_verifier(config, args.threshold, getattr(args, "target_far", None), store=store,
+                             model=args.model, precision=args.precision)
     test = verifier.prepare(read_audio(args.clip))
-    best, d, scores = verifier.identify(test, store.sides(verifier.scorer))
+    sides = store.sides(verifier.scorer, verifier.model)
+    best, d, scores = verifier.identify(test, sides)
+    skipped = sorted(verifier.other_model(sides))
     if args.json:
         print(json.dumps({
             "speaker": best,
@@ -110,9 +134,16 @@ def identify(args: argparse.Namespace) -> int:
             "same_speaker": best is not None,
             "scores": {k: round(v, 6) for k, v in sorted(scores.items(), key=lambda kv: -kv[1])},
             "file": args.clip,
+            "model": verifier.model.name,
+            **({"skipped_profiles": {"count": len(skipped), "reason": "enrolled with another model: re-enroll"}}
+               if skipped else {}),
         }))
-    elif d is None:
-        print("unknown (no profiles enrolled)")
+        return 0
+    if skipped:
+        print(f"note: {len(skipped)} profile(s) enrolled with another model not scored by {verifier.model.name} "
+              f"(re-enroll them): {', '.join(skipped)}")
+    if d is None:
+        print("unknown (no profiles enrolled)" if not skipped else f"unknown (no profiles of {verifier.model.name})")
     else:
         value = f"score {d.score:.4f}" if d.llr is None else f"llr {d.llr:.3f} (cosine {d.score:.4f})"
         relation = ">=" if best is not None else "<"

@@ -22,9 +22,20 @@ def _threads(text: str) -> Union[int, str]:
     return int(text)
 
 
+MODEL_HELP = ("speaker model: auto (the model the profiles were enrolled with when they all agree, else the default), "
+              "ecapa, campp, or a path to an .onnx file; int8 / fp32 alone mean ecapa at that precision")
+
+
+def add_model_choice(parser: argparse.ArgumentParser, default_help: str = "auto") -> None:
+    """--model and --precision: every command that embeds (verify, eval, enroll, identify, wyoming)."""
+    parser.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: {default_help})")
+    parser.add_argument("--precision", choices=("int8", "fp32"), default=None,
+                        help="int8 (fastest, the default) or fp32, for a model given by name")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that loads the model."""
-    parser.add_argument("--model", default="int8", help="int8 (default), fp32, or a path to an .onnx model")
+    """Flags shared by the commands that load the model without a config (verify, eval)."""
+    add_model_choice(parser)
     parser.add_argument("--threads", type=_threads, default="auto",
                         help="onnxruntime intra-op threads, or auto: half the usable CPUs, 1-4 (default auto)")
     parser.add_argument(
@@ -64,14 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load_verifier(args: argparse.Namespace):  # -> Verifier (lazy import keeps --help fast)
-    """The verifier that --model/--threads/--vad/--score/--target-far/--threshold describe."""
+    """The verifier that --model/--precision/--threads/--vad/--score/--target-far/--threshold describe
+    (no profiles here: --model auto is the default model)."""
     from ..errors import ConfigError
-    from ..core.verifier import Verifier
+    from ..app.model import build_verifier
 
     if args.threshold is not None and args.target_far is not None:
         raise ConfigError("give either --threshold or --target-far, not both")
-    return Verifier.load(args.model, threads=args.threads, threshold=args.threshold, vad_mode=args.vad,
-                         score_mode=args.score, target_far=args.target_far)
+    return build_verifier(args.model or "auto", args.precision, threads=args.threads, threshold=args.threshold,
+                          target_far=args.target_far, vad_mode=args.vad, score_mode=args.score)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         "analyzer_id": args.analyzer_id or socket.gethostname(),
         "analysis_id": args.analysis_id or str(uuid.uuid4()),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "model": verifier.model_name,
+        "model": verifier.model.name,
+        "precision": verifier.model.precision,
         "elapsed_ms": round(1000 * (time.perf_counter() - started), 1),
     }
     if args.json:

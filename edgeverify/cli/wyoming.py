@@ -11,6 +11,7 @@ import json
 import sys
 
 from .profiles import add_config_arguments, open_config_and_store
+from .verify import add_model_choice
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reject-unknown", action="store_true", default=None, help="unknown speaker: return an empty transcript")
     p.add_argument("--tag", default=None, metavar="FORMAT", help='tag the transcript, e.g. "{speaker}: {text}" ("off" disables)')
     p.add_argument("--threshold", type=float, default=None, help="minimum score to name a speaker (default: the model's)")
+    add_model_choice(p, "the config's model")
     add_config_arguments(p)
     p.set_defaults(func=run)
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..store.config import tag_format, wyoming_uri
     from ..app.decisions import DecisionService
-    from ..app.model import load_verifier
+    from ..app.model import load_verifier, report_profiles
     from ..wyoming_stt.proxy import SpeakerIdProxy, serve
 
     config, store = open_config_and_store(args)
@@ -47,7 +49,11 @@ def run(args: argparse.Namespace) -> int:
         w.reject_unknown = True
     if args.tag is not None:
         w.tag_transcript = tag_format("--tag", args.tag)
-    verifier = load_verifier(config, args.threshold, warm_up=True)
+    verifier = load_verifier(config, args.threshold, warm_up=True, store=store, model=args.model,
+                             precision=args.precision)
+    problem = report_profiles(store, verifier.model).problem
+    if problem:
+        print(f"edgeverify wyoming: {problem}", file=sys.stderr, flush=True)
     service = DecisionService(verifier, store, config.limits.max_audio_seconds)
 
     def print_decision(body: dict, source: str) -> None:

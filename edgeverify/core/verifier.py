@@ -15,10 +15,11 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
+from . import model_store
 from .audio import TARGET_RATE, Audio
 from .embedder import Embedder
-from ..errors import ConfigError, NoSpeechError, TooShortError
-from .model_store import load_manifest, resolve_model
+from ..errors import ConfigError, ModelError, NoSpeechError, ProfileModelMismatchError, TooShortError
+from .model_identity import ModelIdentity, of_model_file
 from .scoring import (DEFAULT_SCORE_MODE, FAR_MIN, SCORE_MODES, Scorer, Side, band_for_rate, check_target_far,
                       cohort_file, load_scorer)
 from .vad import DEFAULT_VAD_MODE, VAD_MODES, VadConfig, keep_segments, speech_segments
@@ -59,6 +60,68 @@ class Decision:
         return out
 
 
+class Prepared(tuple):
+    """One side of a trial, ready to score: a clip's or a profile's `embedding` and its cohort `side` (None
+    in cosine mode) -- it unpacks as that pair, like the plain tuple it replaces -- plus the `model` the
+    embedding came from (None: not known, e.g. a caller's own tuple) and, for a profile, its `name`."""
+
+    model: Optional[ModelIdentity]
+    name: Optional[str]
+
+    def __new__(cls, embedding: np.ndarray, side: Optional[Side], model: Optional[ModelIdentity] = None,
+                name: Optional[str] = None) -> "Prepared":
+        self = super().__new__(cls, (embedding, side))
+        self.model, self.name = model, name
+        return self
+
+    @property
+    def embedding(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def side(self) -> Optional[Side]:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Prepared(model={self.model!r}, name={self.name!r}, side={'yes' if self[1] is not None else 'none'})"
+
+
+def _model_of(p: tuple) -> Optional[ModelIdentity]:
+    return p.model if isinstance(p, Prepared) else None
+
+
+def mismatch_message(name: str, profile_model: ModelIdentity, model: ModelIdentity) -> str:
+    """Why a profile is not scored, and what to do (the CLI, MQTT replies, logs and HA all say this)."""
+    return (f"profile {name!r} was enrolled with the {profile_model.name} model and this device uses "
+            f"{model.name}: re-enroll {name!r} (or set model: {profile_model.name})")
+
+
+def _model_file(model: str, precision: Optional[str]):
+    """The .onnx file of a model setting, with the model store of either generation: the two-model store
+    (resolve_model(name, precision)) or the ECAPA-only one (resolve_model("int8" | "fp32" | path))."""
+    if hasattr(model_store, "parse_model"):  # the two-model store (ecapa + campp)
+        return model_store.resolve_model(model, precision)
+    if model in ("ecapa", "int8", "fp32"):
+        if model != "ecapa" and precision is not None and precision != model:
+            raise ModelError(f"model {model!r} contradicts precision {precision!r}")
+        return model_store.resolve_model(precision or ("int8" if model == "ecapa" else model))
+    if model == "campp":
+        raise ModelError("the campp model is not part of this build (use ecapa)")
+    return model_store.resolve_model(model)
+
+
+def _manifest_threshold(identity: ModelIdentity) -> float:
+    """The model's EER cosine threshold from its manifest (for a model file without one in its metadata)."""
+    precision = identity.precision if identity.precision in ("int8", "fp32") else "int8"
+    try:
+        manifest = model_store.load_manifest(identity.name)  # type: ignore[call-arg]  # two-model store
+    except TypeError:  # the ECAPA-only store: one manifest
+        manifest = model_store.load_manifest()
+    except ModelError:  # a custom model file: ECAPA's manifest, as before
+        manifest = model_store.load_manifest()  # type: ignore[call-arg]
+    return float(manifest["default_threshold"][precision])
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     denom = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(np.dot(a, b) / denom) if denom > 0 else 0.0
@@ -79,8 +142,13 @@ class Verifier:
         scorer: Optional[Scorer] = None,
         score_mode: Optional[str] = None,  # None: calibrated when a scorer is given, else cosine
         target_far: Optional[float] = None,
+        model: Optional[ModelIdentity] = None,
     ) -> None:
         self.embedder = embedder
+        # what every embedding of this verifier is stamped with (profiles, trial sides); the embedder's file
+        # when not given
+        self.model = model or of_model_file(embedder.path, embedder.metadata,
+                                            precision=model_name if model_name in ("int8", "fp32") else None)
         self.vad_config = vad_config or EMBEDDING_VAD
         self.model_name = model_name
         if vad_mode not in VAD_MODES:
@@ -104,7 +172,7 @@ class Verifier:
         if threshold is None:
             threshold = embedder.default_threshold
         if threshold is None or math.isnan(threshold):
-            threshold = float(load_manifest()["default_threshold"][model_name if model_name in ("int8", "fp32") else "int8"])
+            threshold = _manifest_threshold(self.model)
         self.threshold = float(threshold)
 
     @classmethod
@@ -116,19 +184,27 @@ class Verifier:
         vad_mode: str = DEFAULT_VAD_MODE,
         score_mode: str = DEFAULT_SCORE_MODE,
         target_far: Optional[float] = None,
+        precision: Optional[str] = None,
     ) -> "Verifier":
+        """`model`: a model name ("ecapa", "campp") with `precision` ("int8" default, "fp32"), a precision
+        alone (the default model, as before there were two), or a path to an .onnx file."""
         started = time.perf_counter()
-        embedder = Embedder(resolve_model(model), threads=threads)
+        embedder = Embedder(_model_file(model, precision), threads=threads)
+        name = model if model in ("ecapa", "campp") else None
+        if precision is None and model in ("int8", "fp32"):
+            precision = model
+        identity = of_model_file(embedder.path, embedder.metadata, name, precision)
         scorer = None
         if score_mode != "cosine":
-            variant = model if model in ("int8", "fp32") else "int8"
+            variant = identity.precision if identity.precision in ("int8", "fp32") else "int8"
             path = cohort_file(embedder.path, variant)
             if not path.is_file():
                 raise ConfigError(f"cohort file {path} not found: run `edgeverify model calibrate`, or use cosine scoring")
             scorer = load_scorer(path, embedder.path, variant)
-        log.info("loaded %s model %s in %.0f ms", model, embedder.path, 1000 * (time.perf_counter() - started))
+        log.info("loaded %s model %s (sha256 %s) in %.0f ms", identity.label, embedder.path, (identity.sha256 or "")[:12],
+                 1000 * (time.perf_counter() - started))
         return cls(embedder, threshold=threshold, vad_mode=vad_mode, model_name=model, scorer=scorer,
-                   score_mode=score_mode, target_far=target_far)
+                   score_mode=score_mode, target_far=target_far, model=identity)
 
     @property
     def operating_point(self) -> str:
@@ -180,9 +256,27 @@ class Verifier:
         """A trial side prepared for calibrated scoring (None in cosine mode)."""
         return None if self.scorer is None else self.scorer.side(embedding, speech_s, band_for_rate(source_rate))
 
-    def prepare(self, audio: Audio) -> tuple[np.ndarray, Optional[Side]]:
+    def prepare(self, audio: Audio) -> Prepared:
         e, seconds = self.embed_with_speech(audio)
-        return e, self.side(e, seconds, audio.source_rate)
+        return Prepared(e, self.side(e, seconds, audio.source_rate), self.model)
+
+    def scores_against(self, p: tuple) -> bool:
+        """Whether a prepared side (a profile's) can be scored by this verifier: its model is this one's
+        (by name; a side of unknown model is taken as this model's, as callers' own tuples are)."""
+        other = _model_of(p)
+        return other is None or other.same_model(self.model)
+
+    def other_model(self, candidates: Dict[str, tuple]) -> Dict[str, ModelIdentity]:
+        """The candidates that were enrolled with another model (never scored: identify skips them)."""
+        return {n: m for n, c in candidates.items() if (m := _model_of(c)) is not None and not m.same_model(self.model)}
+
+    def _check_models(self, *sides: tuple) -> None:
+        for p in sides:
+            if not self.scores_against(p):
+                other = _model_of(p)
+                assert other is not None
+                name = p.name if isinstance(p, Prepared) and p.name else "this profile"
+                raise ProfileModelMismatchError(mismatch_message(name, other, self.model))
 
     def score(self, a: np.ndarray, b: np.ndarray) -> float:
         return cosine(a, b)
@@ -197,13 +291,15 @@ class Verifier:
 
     def decide_sides(
         self,
-        a: tuple[np.ndarray, Optional[Side]],
-        b: tuple[np.ndarray, Optional[Side]],
+        a: Prepared,
+        b: Prepared,
         threshold: Optional[float] = None,
         target_far: Optional[float] = None,
     ) -> Decision:
         """Decide one trial. Precedence: request threshold, request target_far, config threshold, config
-        target_far, the EER point. Without a scorer (cosine mode) only thresholds apply."""
+        target_far, the EER point. Without a scorer (cosine mode) only thresholds apply.
+        ProfileModelMismatchError when a side was embedded by another model (never a silent score)."""
+        self._check_models(a, b)
         cos = cosine(a[0], b[0])
         if threshold is not None or self.scorer is None or a[1] is None or b[1] is None:
             if target_far is not None and threshold is None:
@@ -219,14 +315,17 @@ class Verifier:
 
     def identify(
         self,
-        test: tuple[np.ndarray, Optional[Side]],
-        candidates: Dict[str, tuple[np.ndarray, Optional[Side]]],
+        test: Prepared,
+        candidates: Dict[str, Prepared],
         threshold: Optional[float] = None,
         target_far: Optional[float] = None,
     ) -> tuple[Optional[str], Optional[Decision], Dict[str, float]]:
         """Open-set identification: the best-scoring candidate if its decision accepts, else None.
         Returns (name or None, the best candidate's decision, every candidate's cosine). With a target_far
-        (request or config) it is the open-set false-alarm rate: a stranger named as anyone."""
+        (request or config) it is the open-set false-alarm rate: a stranger named as anyone.
+        Candidates enrolled with another model are skipped (`other_model` names them)."""
+        self._check_models(test)
+        candidates = {n: c for n, c in candidates.items() if self.scores_against(c)}
         if not candidates:
             return None, None, {}
         far = target_far if target_far is not None else (self.target_far if self.fixed_threshold is None else None)

@@ -34,11 +34,12 @@ CONFIG_ENV = "EDGEVERIFY_CONFIG"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # safe as one MQTT topic level and an HA unique_id part
 _TOPIC_RE = re.compile(r"^[^#+\x00]+$")
-PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PROFILE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # use with fullmatch (re.match + $ lets "alice\n" in)
 
 MODEL_NAMES = ("ecapa", "campp")  # speaker models by name (the model store resolves name + precision to a file)
 PRECISIONS = ("int8", "fp32")  # also accepted as `model:` (before `precision:` existed): ECAPA at that precision
-DEFAULT_MODEL = "ecapa"
+AUTO_MODEL = "auto"  # the profiles' model when they all agree, else the default (app.model.choose_model)
+DEFAULT_MODEL = AUTO_MODEL
 DEFAULT_PRECISION = "int8"
 
 MAX_CLIPS = Int(1, 50)  # admin.max_clips: clips / microphone utterances per enroll request
@@ -133,9 +134,9 @@ def _threads(path: str, v: Any) -> Union[int, str]:
 
 
 def _model(path: str, v: Any) -> str:
-    what = "ecapa, campp or a path to an .onnx file (int8 and fp32 still mean ecapa at that precision)"
+    what = "auto, ecapa, campp or a path to an .onnx file (int8 and fp32 still mean ecapa at that precision)"
     m = Text(what=what)(path, v)
-    if m not in MODEL_NAMES and m not in PRECISIONS and not m.endswith(".onnx"):
+    if m != AUTO_MODEL and m not in MODEL_NAMES and m not in PRECISIONS and not m.endswith(".onnx"):
         raise fail(path, f"must be {what}", v)
     return m
 
@@ -466,9 +467,10 @@ class Config:
                              default_factory=_default_device_id, reload=RESTART, commented=True,
                              example="kitchen-pi", shown_default="the host name")
     model_name: str = setting(
-        DEFAULT_MODEL, key="model", doc="speaker model: ecapa, campp or a path to an .onnx file "
+        DEFAULT_MODEL, key="model", doc="speaker model: auto (the model the profiles were enrolled with when they "
+                                        "all agree, else the default), ecapa, campp or a path to an .onnx file "
                                         "(int8 / fp32 = ecapa at that precision)",
-        check=Custom(_model, "choice | path", "ecapa | campp | <file>.onnx"), reload=MODEL)
+        check=Custom(_model, "choice | path", "auto | ecapa | campp | <file>.onnx"), reload=MODEL)
     precision: str = setting(DEFAULT_PRECISION, doc="int8 (fastest) or fp32, for a model given by name",
                              check=Choice(PRECISIONS), reload=MODEL)
     threads: Union[int, str] = setting(
@@ -502,9 +504,10 @@ class Config:
 
     @property
     def model(self) -> str:
-        """The model as `Verifier.load` / `resolve_model(model)` take it today: int8 | fp32 (ECAPA) or a path.
+        """The model as `Verifier.load` / `resolve_model(model)` took it before there were two models: int8 |
+        fp32 (ECAPA), a path, or auto / campp.
 
-        New code should pass `model_name` and `precision` (resolve_model(name, precision)).
+        New code should pass `model_name` and `precision` to app.model.load_verifier (it resolves auto).
         """
         return self.precision if self.model_name == "ecapa" else self.model_name
 

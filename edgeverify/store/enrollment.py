@@ -46,6 +46,7 @@ class EnrollmentReport:
     clips: list[ClipReport] = field(default_factory=list)
     profile: Optional[Profile] = None
     error: Optional[EdgeVerifyError] = None  # the first problem (a clip's, or the profile's)
+    replaced: Optional[Profile] = None  # the voiceprint of that name it replaced (replace=True)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +62,8 @@ class EnrollmentReport:
         d: dict[str, Any] = {"name": self.name, "clips": [c.to_dict() for c in self.clips]}
         if self.profile is not None:
             d["profile"] = {"name": self.profile.name, "clips": self.profile.clips, "created": self.profile.created,
-                            "model": self.profile.model}
+                            "model": self.profile.model.to_dict()}
+            d["replaced"] = self.replaced is not None
         if self.notes:
             d["notes"] = self.notes
         return d
@@ -100,8 +102,9 @@ def enroll(
     if report.error is not None:
         return report
     try:
-        report.profile = store.enroll(name, embeddings, clip_names=names, replace=replace, model=verifier.model_name,
-                                      speech_s=seconds, scorer=verifier.scorer, band=band_for_rate(max(rates)))
+        report.profile, report.replaced = store.enroll_replacing(
+            name, embeddings, clip_names=names, replace=replace, model=verifier.model, speech_s=seconds,
+            scorer=verifier.scorer, band=band_for_rate(max(rates)))
     except EdgeVerifyError as exc:
         report.error = exc
     return report

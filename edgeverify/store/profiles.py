@@ -4,9 +4,18 @@ For calibrated scoring a profile also stores its cohort statistics (the embeddin
 band's cohort mean) with the cohort's fingerprint, computed at enrollment and recomputed on load when
 the shipped cohort changed, so identifying among many profiles costs a few dot products each.
 
+Every profile records the model it was enrolled with (core.model_identity: name, precision, sha256 of
+the .onnx file); profiles written before that are read as ECAPA profiles. The Verifier never scores a
+profile of another model.
+
+Names are case-preserving but unique regardless of case: "Alice" beside "alice" is refused, because the
+two are one person to whoever reads them in Home Assistant, and one file on a case-insensitive file
+system (an SD card formatted FAT/exFAT, macOS).
+
 Plain numpy + files (no MQTT, no model): the daemon, the CLI and tests share it. Writes are atomic
 (temp file + rename) so a reader never sees half a profile, and files are private (0600 in a 0700
-directory) because a voice print is biometric data.
+directory) because a voice print is biometric data. One store is shared by threads (the model worker,
+Wyoming's executor): a lock guards its cache and every change.
 """
 
 from __future__ import annotations
@@ -15,18 +24,21 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from .config import PROFILE_NAME_RE
+from ..core.model_identity import ModelIdentity, from_record
+from ..core.verifier import Prepared
 from ..errors import AudioError, ProfileError, UnknownProfileError
 
 if TYPE_CHECKING:
-    from ..core.scoring import Scorer, Side
+    from ..core.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +54,7 @@ class Profile:
     embedding: np.ndarray  # L2-normalised
     clips: int
     created: str
-    model: Optional[str] = None
+    model: ModelIdentity = from_record(None)  # the model it was enrolled with (ECAPA for old profiles)
     speech_s: float = 10.0  # total speech of the enrollment clips (quality term); 10 s for 0.1 profiles
     band: str = "16k"
     cohort: Optional[dict] = None  # {"fingerprint": ..., "centred": {band: (clips, d)}} (scoring.Scorer.side)
@@ -57,9 +69,18 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return v / n
 
 
+class Enrolled(NamedTuple):
+    profile: Profile
+    replaced: Optional[Profile]  # the profile of that name it replaced, if any
+
+
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not PROFILE_NAME_RE.match(name) or name in (".", ".."):
-        raise ProfileError(f"invalid profile name {name!r}: use 1-64 characters of A-Z a-z 0-9 _ . -")
+    """The name itself when it is valid (the whole string: "alice\\n" is not "alice"), else ProfileError
+    quoting it escaped and cut short."""
+    if not isinstance(name, str) or PROFILE_NAME_RE.fullmatch(name) is None or name in (".", ".."):
+        shown = repr(name[:80]) + ("..." if isinstance(name, str) and len(name) > 80 else "") if isinstance(
+            name, str) else type(name).__name__
+        raise ProfileError(f"invalid profile name {shown}: use 1-64 characters of A-Z a-z 0-9 _ . -")
     return name
 
 
@@ -123,6 +144,9 @@ class ProfileStore:
         self._cache: dict[str, Profile] = {}
         self._stamp: Optional[int] = None
         self._sides: dict = {}
+        # the model worker, Wyoming's executor thread and admin share one store: every read of the cache
+        # and every change holds this (re-entrant: enroll reads the cache)
+        self._lock = threading.RLock()
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -136,12 +160,27 @@ class ProfileStore:
         embeddings: Sequence[np.ndarray],
         clip_names: Optional[Sequence[str]] = None,
         replace: bool = False,
-        model: Optional[str] = None,
+        model: Union[ModelIdentity, str, None] = None,
         speech_s: Optional[Sequence[float]] = None,
         scorer: Optional["Scorer"] = None,
         band: str = "16k",
     ) -> Profile:
-        """Mean of the normalised clip embeddings, re-normalised; refuses inconsistent clips."""
+        """Mean of the normalised clip embeddings, re-normalised; refuses inconsistent clips.
+        `model`: the verifier's `model` (a plain string or None is read as profiles of earlier releases were)."""
+        return self.enroll_replacing(name, embeddings, clip_names, replace, model, speech_s, scorer, band).profile
+
+    def enroll_replacing(
+        self,
+        name: str,
+        embeddings: Sequence[np.ndarray],
+        clip_names: Optional[Sequence[str]] = None,
+        replace: bool = False,
+        model: Union[ModelIdentity, str, None] = None,
+        speech_s: Optional[Sequence[float]] = None,
+        scorer: Optional["Scorer"] = None,
+        band: str = "16k",
+    ) -> Enrolled:
+        """As enroll, and says which profile it replaced (replace=True), so callers log a replacement as one."""
         check_name(name)
         if len(embeddings) < 1:
             raise ProfileError("enrollment needs at least 1 clip (3 recommended)")
@@ -159,8 +198,6 @@ class ProfileStore:
                     f"{which} (cosine {scores[worst]:.3f} < {self.min_consistency:.2f}); "
                     "are they all the same speaker, and mostly speech?"
                 )
-        if not replace and self.path(name).exists():
-            raise ProfileError(f"profile {name!r} already exists (forget it first, or replace it)")
         mean = _normalise(vecs.mean(axis=0))
         # the quality term of a profile trial: a typical enrollment clip's speech (scores are per clip)
         clip_s = float(np.mean(speech_s)) if speech_s is not None and len(speech_s) else 10.0
@@ -169,16 +206,32 @@ class ProfileStore:
             embedding=mean,
             clips=len(vecs),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            model=model,
+            model=model if isinstance(model, ModelIdentity) else from_record(model),
             speech_s=clip_s,
             band=band,
             cohort=_cohort_stats(scorer, mean, clip_s, band, vecs),
             clip_embeddings=vecs,
         )
-        self._write(profile)
+        with self._lock:  # the checks and the write as one step: two enrollments of one name cannot both pass
+            self._refresh()
+            twin = next((n for n in self._cache if n != name and n.casefold() == name.casefold()), None)
+            if twin is not None:
+                raise ProfileError(f"profile {twin!r} already exists and names differ only in case: "
+                                   f"use {twin!r}, or forget it first")
+            old = self._cache.get(name)
+            exists = old is not None or self.path(name).exists()  # an unreadable file needs replace too
+            if exists and not replace:
+                raise ProfileError(f"profile {name!r} already exists (forget it first, or replace it)")
+            self._write(profile)
+        if exists:
+            was = "unreadable" if old is None else f"enrolled {old.created or 'on an unknown date'} with {old.model.label}"
+            log.info("profile %s replaced: new voiceprint from %d clip(s) with %s (the old one: %s)", name,
+                     len(vecs), profile.model.label, was)
+        else:
+            log.info("profile %s enrolled from %d clip(s) with %s", name, len(vecs), profile.model.label)
         if len(vecs) < RECOMMENDED_CLIPS:
             log.warning("profile %s enrolled from %d clip(s); %d are recommended", name, len(vecs), RECOMMENDED_CLIPS)
-        return profile
+        return Enrolled(profile, old)
 
     def _write(self, p: Profile) -> None:
         self._ensure_dir()
@@ -186,7 +239,7 @@ class ProfileStore:
             "name": p.name,
             "clips": p.clips,
             "created": p.created,
-            "model": p.model,
+            "model": p.model.to_dict(),
             "speech_s": round(p.speech_s, 2),
             "band": p.band,
             "embedding": _rounded(p.embedding),
@@ -221,11 +274,18 @@ class ProfileStore:
 
     def forget(self, name: str) -> None:
         check_name(name)
-        try:
-            self.path(name).unlink()
-        except FileNotFoundError:
-            raise UnknownProfileError(f"no profile named {name!r}") from None
-        self._stamp = None
+        with self._lock:
+            try:
+                self.path(name).unlink()
+            except FileNotFoundError:
+                raise self._unknown(name) from None
+            self._stamp = None
+        log.info("profile %s forgotten", name)
+
+    def _unknown(self, name: str) -> UnknownProfileError:
+        twin = next((n for n in self._cache if n.casefold() == name.casefold()), None)
+        hint = f" (there is {twin!r}: names are case-sensitive)" if twin is not None else ""
+        return UnknownProfileError(f"no profile named {name!r}{hint}")
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -233,6 +293,7 @@ class ProfileStore:
         return self.dir / f"{check_name(name)}.json"
 
     def _refresh(self) -> None:
+        """Re-read the directory when it changed (caller holds the lock)."""
         try:
             stamp = self.dir.stat().st_mtime_ns
         except FileNotFoundError:
@@ -249,7 +310,7 @@ class ProfileStore:
                     embedding=_normalise(np.asarray(doc["embedding"], dtype=np.float64)),
                     clips=int(doc.get("clips", 1)),
                     created=str(doc.get("created", "")),
-                    model=doc.get("model"),
+                    model=from_record(doc.get("model")),
                     speech_s=float(doc.get("speech_s", 10.0)),
                     band="8k" if doc.get("band") == "8k" else "16k",
                     cohort=_read_cohort(doc.get("cohort")),
@@ -258,54 +319,69 @@ class ProfileStore:
             except (OSError, ValueError, KeyError, TypeError, ProfileError) as exc:
                 log.warning("ignoring unreadable profile %s: %s", f, exc)
                 continue
+            twin = next((n for n in cache if n.casefold() == p.name.casefold()), None)
+            if twin is not None:
+                log.warning("profiles %s and %s differ only in case (enrolled before that was refused): "
+                            "forget one of them", twin, p.name)
             cache[p.name] = p
         self._cache, self._stamp = cache, stamp
         self._sides = {}
 
-    def sides(self, scorer: Optional["Scorer"]) -> dict[str, tuple[np.ndarray, Optional["Side"]]]:
-        """Every profile prepared for scoring: stored cohort statistics when they match `scorer`'s
-        cohort, else recomputed (and cached until the profiles or the cohort change)."""
-        self._refresh()
-        key = None if scorer is None else scorer.fingerprint
-        if key not in self._sides:
-            out: dict[str, tuple[np.ndarray, Optional["Side"]]] = {}
-            for name, p in self._cache.items():
-                side = None
-                if scorer is not None:
-                    stats = p.cohort if p.cohort and p.cohort.get("fingerprint") == key else None
-                    if stats is None:
-                        log.info("profile %s: cohort changed, recomputing its cohort statistics", name)
-                    side = scorer.side(p.embedding, p.speech_s, p.band, stats["centred"] if stats else None,
-                                       clips=p.clip_embeddings)
-                out[name] = (p.embedding, side)
-            self._sides = {key: out}
-        return self._sides[key]
+    def sides(self, scorer: Optional["Scorer"], model: Optional[ModelIdentity] = None) -> dict[str, Prepared]:
+        """Every profile prepared for scoring, stamped with its model: stored cohort statistics when they
+        match `scorer`'s cohort, else recomputed (and cached until the profiles or the cohort change).
+        A profile of a model other than `model` gets no cohort side (the Verifier refuses to score it)."""
+        with self._lock:
+            self._refresh()
+            key = (None if scorer is None else scorer.fingerprint, None if model is None else model.name)
+            if key not in self._sides:
+                out: dict[str, Prepared] = {}
+                for name, p in self._cache.items():
+                    side = None
+                    if scorer is not None and (model is None or p.model.same_model(model)):
+                        stats = p.cohort if p.cohort and p.cohort.get("fingerprint") == scorer.fingerprint else None
+                        if stats is None:
+                            log.info("profile %s: cohort changed, recomputing its cohort statistics", name)
+                        try:
+                            side = scorer.side(p.embedding, p.speech_s, p.band, stats["centred"] if stats else None,
+                                               clips=p.clip_embeddings)
+                        except ValueError as exc:  # another model's embedding size: never scored anyway
+                            log.warning("profile %s cannot be scored by this model: %s", name, exc)
+                    out[name] = Prepared(p.embedding, side, p.model, name)
+                self._sides = {key: out}
+            return self._sides[key]
 
     def reload(self) -> int:
-        self._stamp = None
-        self._refresh()
-        return len(self._cache)
+        with self._lock:
+            self._stamp = None
+            self._refresh()
+            return len(self._cache)
 
     def list(self) -> list[Profile]:
-        self._refresh()
-        return list(self._cache.values())
+        with self._lock:
+            self._refresh()
+            return list(self._cache.values())
 
     def get(self, name: str) -> Profile:
         check_name(name)
-        self._refresh()
-        try:
-            return self._cache[name]
-        except KeyError:
-            raise UnknownProfileError(f"no profile named {name!r}") from None
+        with self._lock:
+            self._refresh()
+            try:
+                return self._cache[name]
+            except KeyError:
+                raise self._unknown(name) from None
 
     def identify(
-        self, embedding: np.ndarray, threshold: float
+        self, embedding: np.ndarray, threshold: float, model: Optional[ModelIdentity] = None
     ) -> tuple[Optional[str], Optional[float], dict[str, float]]:
-        """(best profile or None when below threshold / no profiles, best score, every profile's score)."""
-        self._refresh()
-        if not self._cache:
+        """(best profile or None when below threshold / no profiles, best score, every profile's score).
+        Plain cosine, for tests and tools; with `model`, profiles of other models are left out."""
+        with self._lock:
+            self._refresh()
+            cache = {n: p for n, p in self._cache.items() if model is None or p.model.same_model(model)}
+        if not cache:
             return None, None, {}
         v = _normalise(embedding)
-        scores = {name: float(np.dot(v, p.embedding)) for name, p in self._cache.items()}
+        scores = {name: float(np.dot(v, p.embedding)) for name, p in cache.items()}
         best = max(scores, key=scores.__getitem__)
         return (best if scores[best] >= threshold else None), scores[best], scores
