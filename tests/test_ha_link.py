@@ -336,3 +336,25 @@ def test_health_follows_new_decisions_without_waiting_a_minute(link: Any, monkey
     count = sum(1 for m in wire.sent if m[0] == f"{BASE}/health")
     time.sleep(0.6)  # nothing new: no more health until HEALTH_INTERVAL_S
     assert sum(1 for m in wire.sent if m[0] == f"{BASE}/health") == count
+
+
+def test_enroll_status_says_re_enroll_while_profiles_of_another_model_wait(link: Any) -> None:
+    """Profiles enrolled with ECAPA under a device now running CAM++ are not scored; HA's Enrollment sensor
+    says "re-enroll" (naming them) instead of idle, and goes back to idle once none is left."""
+    from types import SimpleNamespace
+
+    from edgeverify.core.model_identity import ModelIdentity
+
+    wire, _, _ = link
+    adapter = wire.adapter
+    state_topic = f"{BASE}/admin/ha/state"
+    running = ModelIdentity("campp", "int8", "0" * 64)
+    adapter.ha.service.verifier = SimpleNamespace(model=running)  # what the running model is, nothing else
+    adapter.ha.profiles_changed()
+    _, body, _ = wire.wait(lambda m: m[0] == state_topic and m[1].get("status") == "re-enroll")
+    assert "alice" in body["message"] and "bob" in body["message"] and "re-enroll" in body["message"]
+    _, diag, _ = wire.wait(lambda m: m[0] == f"{BASE}/diagnostics" and m[1].get("profiles_other_model") == 2)
+    for i, name in enumerate(("alice", "bob")):
+        wire.deliver(f"{BASE}/admin/request", json.dumps({"type": "forget", "name": name, "request_id": f"r{i}"}).encode())
+        wire.wait(lambda m, i=i: m[0] == f"{BASE}/admin/response" and m[1].get("request_id") == f"r{i}")
+    wire.wait(lambda m: m[0] == state_topic and m[1].get("status") == "idle")

@@ -122,7 +122,7 @@ class MqttAdmin:
         try:
             req = parse_admin_request(job.payload, self.config.admin.max_clips)
         except EdgeVerifyError as exc:
-            log.info("admin request rejected: %s (%s)", exc.message, meta.get("requestor_id"))
+            log.info("admin request rejected: %s (requestor_id=%r)", exc.message, meta.get("requestor_id"))
             self._answer(job, error_response(meta, exc.code, exc.message), reply_to, started)
             return
         reply_to = req.reply_to or self.response_topic

@@ -367,11 +367,15 @@ def last_state(body: dict[str, Any], source: str) -> dict[str, Any]:
     }
 
 
-def diagnostics(requests: int, errors: int, decisions: int, last_latency_ms: Optional[float], profiles: int) -> dict[str, Any]:
+def diagnostics(requests: int, errors: int, decisions: int, last_latency_ms: Optional[float], profiles: int,
+                profiles_other_model: int = 0) -> dict[str, Any]:
+    """The retained diagnostics document; profiles_other_model: enrolled with another model than the running
+    one, so not scored until re-enrolled."""
     return {
         "requests": requests,
         "errors": errors,
         "decisions": decisions,
         "last_latency_ms": None if last_latency_ms is None else round(float(last_latency_ms), 1),
         "profiles": profiles,
+        "profiles_other_model": profiles_other_model,
     }

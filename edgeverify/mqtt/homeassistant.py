@@ -27,10 +27,11 @@ from typing import Any, Optional
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import ha_discovery as had
-from ..app.admin import AdminRequest
+from ..app.admin import REENROLL_STATUS, AdminRequest, reenroll_status
 from ..app.counters import Counters
 from ..app.decisions import DecisionService
 from ..app.health import Health
+from ..app.model import check_profiles
 from ..app.sinks import drives_presence
 from ..errors import EdgeVerifyError, RequestError
 from ..store.config import Config
@@ -95,6 +96,7 @@ class HomeAssistantLink:
         for topic, data in states:
             self.connection.publish(topic, data, retain=True)
         if self._enroll_entities:
+            self._sync_reenroll()
             self._publish_enroll_state()
         if self.config.admin.enabled:
             self._publish_log_level()
@@ -184,10 +186,12 @@ class HomeAssistantLink:
             return
         try:
             profiles = len(self.service.store.list())
+            verifier = self.service.verifier
+            other = 0 if verifier is None else len(check_profiles(self.service.store, verifier.model).other_model)
         except Exception:  # an unreadable directory
-            profiles = 0
+            profiles, other = 0, 0
         c = self.counters
-        doc = had.diagnostics(c.handled, c.errors, c.decisions, c.last_latency_ms, profiles)
+        doc = had.diagnostics(c.handled, c.errors, c.decisions, c.last_latency_ms, profiles, other)
         if not force and doc == self._diag_sent:
             return
         self._diag_sent, self._diag_at = doc, now
@@ -279,13 +283,29 @@ class HomeAssistantLink:
         if not self._enroll_entities:
             return
         if body.get("ok"):
-            self._set_status("enrolled", f"{body.get('name')} enrolled", name=body.get("name"), result=body)
+            done = "re-enrolled (voiceprint replaced)" if body.get("replaced") else "enrolled"
+            self._set_status("enrolled", f"{body.get('name')} {done}", name=body.get("name"), result=body)
         else:
             self._set_status("failed", body["error"]["message"], name=body.get("name"), result=body)
 
     def profiles_changed(self) -> None:
         self.sync_persons()
         self.publish_diagnostics(force=True)
+        if self._enroll_entities and self._sync_reenroll():
+            self._publish_enroll_state()
+
+    def _sync_reenroll(self) -> bool:
+        """While profiles of another model wait to be enrolled again, HA's enroll status says "re-enroll"
+        (with which ones) instead of idle; back to idle once every profile is scored. True if it changed."""
+        notice = reenroll_status(self.service)
+        status = self.enroll_state.get("status")
+        if notice and status in ("idle", REENROLL_STATUS) and self.enroll_state.get("message") != notice:
+            self.enroll_state.update(status=REENROLL_STATUS, message=notice)
+            return True
+        if not notice and status == REENROLL_STATUS:
+            self.enroll_state.update(status="idle", message="")
+            return True
+        return False
 
     def _set_status(self, status: str, message: str, **extra: Any) -> None:
         self.enroll_state.update(status=status, message=message)
