@@ -186,7 +186,7 @@ def test_garbage(payload):
 def test_random_garbage_never_crashes():
     rng = np.random.default_rng(1)
     good = _bytes(_sig(TARGET_RATE), TARGET_RATE, subtype="PCM_16")
-    for i in range(30):
+    for _ in range(30):
         b = bytearray(good)
         for j in rng.integers(0, 100, size=8):
             b[int(j)] = int(rng.integers(0, 256))

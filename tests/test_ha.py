@@ -87,7 +87,7 @@ def test_device_based_discovery_and_migration(ha_daemon: DaemonProcess, broker: 
     assert doc["availability"] == [{"topic": f"{ha_daemon.base}/availability", "payload_available": "online",
                                      "payload_not_available": "offline"}]
     cmps = doc["cmps"]
-    for key, c in cmps.items():
+    for c in cmps.values():
         if len(c) > 1:  # platform-only entries are removals
             assert c["unique_id"].startswith("edgeverify_ha1_") and c["default_entity_id"].startswith(f"{c['p']}.edgeverify_ha1_")
     # 0.1's unique_ids survive, so HA keeps the entity ids
@@ -227,7 +227,7 @@ def test_enroll_from_ha_with_the_microphone(tmp_path: Path, broker: Broker, int8
                           extra={"microphone": mic, "admin": {"enabled": True}}, env_extra=vm.env)
         try:
             base = d.base
-            hub.subscribe(f"homeassistant/device/edgeverify_mic2/config")
+            hub.subscribe("homeassistant/device/edgeverify_mic2/config")
             doc = json.loads(hub.wait(lambda m: m.topic.endswith("edgeverify_mic2/config"), 5).payload)
             assert {doc["cmps"][k]["p"] for k in ("enroll_name", "enroll_utterances", "enroll")} == {"text", "number", "button"}
             hub.subscribe(f"{base}/admin/ha/state")

@@ -257,11 +257,11 @@ def test_fuzz_every_input_channel(tmp_path: Path, fbroker: Broker, int8_model: P
         assert not stray, sorted(stray)[:5]
         discarded = fbroker.log().count(f"Dropping too large outgoing PUBLISH for edgeverify-{DEV} ")
         assert discarded == len(dropped), (discarded, len(dropped))
-        for corr, [(topic, body)] in replies.items():
+        for [(topic, body)] in replies.values():
             assert topic not in PROTECTED, (topic, body)
             assert topic == f"{BASE}/response" or topic in offered, topic
         codes = {}
-        for [(topic, body)] in replies.values():
+        for [(_, body)] in replies.values():
             code = "ok" if body["ok"] else body["error"]["code"]
             codes[code] = codes.get(code, 0) + 1
         assert codes.get("bad_reply_topic", 0) > 0 and codes.get("bad_request", 0) > 0, codes

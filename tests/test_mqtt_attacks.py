@@ -103,7 +103,7 @@ def test_oversized_request_never_reaches_the_daemon(tmp_path: Path, pbroker: Bro
         with pytest.raises(TimeoutError):
             hub.wait(lambda m: m.topic == reply and getattr(m.properties, "CorrelationData", None) in
                      (b"big-online", b"big-offline"), 2)
-        assert pbroker.log().count(f"Dropping too large outgoing PUBLISH for edgeverify-big1") >= 2, pbroker.log()[-3000:]
+        assert pbroker.log().count("Dropping too large outgoing PUBLISH for edgeverify-big1") >= 2, pbroker.log()[-3000:]
     finally:
         d.stop()
         hub.close()

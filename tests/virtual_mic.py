@@ -136,7 +136,7 @@ class VirtualMic:
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-            raise RuntimeError(f"capture process did not stop within {timeout:g} s: {err.strip()[-2000:]}")
+            raise RuntimeError(f"capture process did not stop within {timeout:g} s: {err.strip()[-2000:]}") from None
         if proc.returncode != 0:
             raise RuntimeError(f"capture process failed ({proc.returncode}): {err.strip()[-2000:]}")
         return err

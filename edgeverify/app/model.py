@@ -49,7 +49,7 @@ def choose_model(setting: str, store: Optional[ProfileStore] = None) -> ModelCho
     if len(names) == 1 and names[0] in KNOWN_MODELS:
         name = names[0]
         if name == default:
-            return ModelChoice(name, f"auto: the default, and the model every profile was enrolled with")
+            return ModelChoice(name, "auto: the default, and the model every profile was enrolled with")
         return ModelChoice(name, f"auto: every profile was enrolled with {name}", note=(
             f"model: auto keeps {name}, the model every profile was enrolled with; the default model is now "
             f"{default}: to move to it, set model: {default} and enroll each profile again (until then, "

@@ -366,7 +366,7 @@ class FlacStream:
         for chans, _, jobs in frames:
             for job in jobs:
                 groups.setdefault(chans[job[0]].shape[0], []).append((chans, job))
-        for block, items in groups.items():
+        for items in groups.values():
             if len(items) < _LOCKSTEP_MIN:
                 for chans, job in items:
                     try:

@@ -27,7 +27,7 @@ def _glibc() -> Optional[Any]:
     if _libc is None:
         try:
             libc = ctypes.CDLL(None)  # the symbols already loaded, libc's among them
-            libc.gnu_get_libc_version  # only glibc has it (and mallopt/malloc_trim with these meanings)
+            _ = libc.gnu_get_libc_version  # only glibc has it (and mallopt/malloc_trim with these meanings)
             libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
             libc.malloc_trim.argtypes = [ctypes.c_size_t]
             _libc = libc
