@@ -40,12 +40,12 @@ GOAL_DAEMON_BUSY_MB = 130.0  # peak RSS of a daemon-shaped process serving a 10 
 
 
 def default_architecture() -> str:
-    """The architecture `model:` runs when not set: core.model_store.DEFAULT_ARCHITECTURE where it says so,
-    else ECAPA (the only one before CAM++)."""
-    return str(getattr(model_store, "DEFAULT_ARCHITECTURE", "ecapa"))
+    """The model `model:` runs when not set (core.model_store.DEFAULT_MODEL; ECAPA where an older store
+    does not say, as it was the only model)."""
+    return str(getattr(model_store, "DEFAULT_MODEL", "ecapa"))
 
 
-DEFAULT_PRECISION = "int8"  # config `model:` runs int8 unless told otherwise
+DEFAULT_PRECISION = str(getattr(model_store, "DEFAULT_PRECISION", "int8"))
 
 
 @dataclass(frozen=True)
@@ -374,7 +374,8 @@ def run_bench(
                 ))
             del embedder
         if measure_rss:
-            cli_name = spec.name if spec.name in getattr(model_store, "MODEL_FILES", {}) else str(path)
+            parse = getattr(model_store, "parse_model", None)  # the CLI's own names where it has them
+            cli_name = spec.name if parse is not None and spec.arch in ARCHITECTURES and parse(spec.name) else str(path)
             for seconds, key in ((3.0, "verify_peak_rss_mb"), (10.0, "verify_peak_rss_mb_10s")):
                 rss = verify_peak_rss_mb(cli_name, seconds)
                 per_model[spec.name][key] = round(rss, 1) if rss is not None else None
@@ -416,7 +417,8 @@ def run_bench(
         from ..build.model_build import CHECKPOINT_NAME
 
         ecapa_fp32 = find_model("ecapa-fp32").path
-        ckpt = Path(checkpoint) if checkpoint else model_store.REPO_MODELS / ".cache" / CHECKPOINT_NAME
+        built = find_model("ecapa-int8").path or ecapa_fp32
+        ckpt = Path(checkpoint) if checkpoint else (built.parent if built else model_store.REPO_MODELS) / ".cache" / CHECKPOINT_NAME
         sb = speechbrain_bench(speechbrain_python, ckpt, clips, runs)
         result["speechbrain"] = sb
         for row in sb.get("rows", []):
