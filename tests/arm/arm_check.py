@@ -11,7 +11,10 @@ the wrapper. Checks, per emulated CPU:
   b. int8 embeddings of a fixed sample of dev-set clips (the very models/ecapa-int8.onnx built on x86)
      have cosine >= MIN_COSINE to the x86 ones, and every pair gets the same decision at the default
      threshold; fp32 on a few clips too;
-  c. `python -m edgeverify verify A B --json` gives the x86 decision, score within SCORE_TOLERANCE.
+  c. `python -m edgeverify verify A B --json` gives the x86 decision, score within SCORE_TOLERANCE;
+  d. CAM++ (where built: models/campp-int8.onnx, campp-fp32.onnx): int8 embeddings of a few clips and fp32
+     of one have cosine >= MIN_COSINE to x86 and pair scores within SCORE_TOLERANCE; its numpy Kaldi fbank
+     of the reference's clip equals x86's (FBANK_TOLERANCE) and the torch reference's features.
 
 Exit status 0 when everything holds (or the speech data is missing: skipped, said loudly), 1 otherwise.
 """
@@ -57,6 +60,12 @@ SAMPLE = (
 FP32_SAMPLE = 2  # the first N files of SAMPLE are also embedded with the fp32 model
 # CLI pairs: (same speaker, different speakers of the same corpus and sex)
 CLI_PAIRS = ((0, 1), (0, 2))
+# CAM++: a same-speaker pair and the clip whose features the torch reference ships (emulation is slow: few clips)
+CAMPP_SAMPLE = (0, 1, 8)
+CAMPP_FP32_SAMPLE = 1  # the first N of CAMPP_SAMPLE also through campp-fp32
+CAMPP_FILES = {p: f"campp-{p}.onnx" for p in ("int8", "fp32")}
+CAMPP_REFERENCE = Path("models") / "campp-zh-en-common-advanced" / "reference" / "dev.npz"  # under ../shared
+FBANK_TOLERANCE = 1e-4  # the same numpy code on two CPUs: only FFT/BLAS rounding may differ
 
 # Native extensions the package loads lazily or optionally: they must load on arm64 too.
 NATIVE_IMPORTS = ("onnxruntime", "numpy", "scipy.signal", "soundfile", "sounddevice", "yaml", "paho.mqtt.client", "systemd.daemon")
@@ -142,7 +151,48 @@ def embed_files(model: str, files: Sequence[Path]) -> Dict[str, object]:
     return {"load_s": load_s, "threshold": verifier.threshold, "rows": rows}
 
 
-def worker(files: Sequence[Path], fp32_count: int, optional: Sequence[str] = ()) -> Dict[str, object]:
+def campp_models() -> Dict[str, Path]:
+    """The checkout's built CAM++ files (the x86 build, as for ECAPA); empty when not built."""
+    paths = {p: REPO / "models" / name for p, name in CAMPP_FILES.items()}
+    return paths if all(path.is_file() for path in paths.values()) else {}
+
+
+def embed_campp(files: Sequence[Path], fp32_count: int) -> Dict[str, object]:
+    """CAM++ embeddings of whole clips (decoded as `verify` decodes them; the model's own front end), and
+    the Kaldi fbank of the clip the torch reference ships features for."""
+    import numpy as np
+
+    from edgeverify.core.audio import read_audio
+    from edgeverify.core.embedder import Embedder
+    from edgeverify.core.fbank import kaldi_fbank
+
+    out: Dict[str, object] = {}
+    for precision, path in campp_models().items():
+        started = time.perf_counter()
+        embedder = Embedder(path, 1)
+        load_s = time.perf_counter() - started
+        rows = []
+        for clip in files[: fp32_count if precision == "fp32" else len(files)]:
+            samples = read_audio(clip).samples
+            started = time.perf_counter()
+            vector = embedder.embed(samples)
+            rows.append({"file": str(clip), "seconds": time.perf_counter() - started,
+                         "duration_s": samples.shape[0] / 16000, "embedding": [float(x) for x in vector]})
+        out[precision] = {"load_s": load_s, "rows": rows}
+    ref_path = speech_dir().parent.parent / CAMPP_REFERENCE
+    if ref_path.is_file():
+        ref = np.load(ref_path)
+        feats = kaldi_fbank(read_audio(speech_dir() / "dev" / str(ref["fbank_file"])).samples)
+        out["fbank"] = {"file": str(ref["fbank_file"]), "values": feats.ravel().tolist(), "shape": list(feats.shape),
+                        "max_diff_to_torch": float(np.abs(feats - ref["fbank"]).max()) if feats.shape == ref["fbank"].shape else None}
+        names = [str(f) for f in ref["files"]]
+        out["reference"] = {str(clip): ref["embeddings"][names.index(f"{clip.parent.name}/{clip.name}")].tolist()
+                            for clip in files if f"{clip.parent.name}/{clip.name}" in names}
+    return out
+
+
+def worker(files: Sequence[Path], fp32_count: int, optional: Sequence[str] = (),
+           campp_files: Sequence[Path] = ()) -> Dict[str, object]:
     import numpy
     import onnxruntime
 
@@ -155,9 +205,19 @@ def worker(files: Sequence[Path], fp32_count: int, optional: Sequence[str] = ())
     import scipy
 
     result["versions"]["scipy"] = scipy.__version__
-    result["int8"] = embed_files("int8", files)
-    result["fp32"] = embed_files("fp32", files[:fp32_count])
+    result["int8"] = embed_files("ecapa-int8" if _knows("ecapa-int8") else "int8", files)
+    result["fp32"] = embed_files("ecapa-fp32" if _knows("ecapa-fp32") else "fp32", files[:fp32_count])
+    if campp_files:
+        result["campp"] = embed_campp(campp_files, CAMPP_FP32_SAMPLE)
     return result
+
+
+def _knows(name: str) -> bool:
+    """Whether this edgeverify names its models by architecture (so that "int8" alone may mean CAM++)."""
+    from edgeverify.core import model_store
+
+    parse = getattr(model_store, "parse_model", None)
+    return parse is not None and parse(name) is not None
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -184,7 +244,8 @@ def run_cli(plat: Platform, first: Path, second: Path, timeout: float) -> Dict[s
     return out
 
 
-def run_arm(plat: Platform, files: Sequence[Path], fp32_count: int, pairs: Sequence[Tuple[int, int]], timeout: float) -> None:
+def run_arm(plat: Platform, files: Sequence[Path], fp32_count: int, pairs: Sequence[Tuple[int, int]], timeout: float,
+            campp_files: Sequence[Path] = ()) -> None:
     """Worker (imports + embeddings), then the CLI on each pair, all under the emulated CPU."""
     started = time.perf_counter()
     try:
@@ -192,7 +253,7 @@ def run_arm(plat: Platform, files: Sequence[Path], fp32_count: int, pairs: Seque
             out_path = Path(handle.name)
         env = dict(os.environ, EXTRA_PYTHONPATH=str(REPO))
         cmd = plat.python + [str(Path(__file__).resolve()), "worker", "--out", str(out_path), "--fp32", str(fp32_count),
-                             *map(str, files)]
+                             *(["--campp", ",".join(map(str, campp_files))] if campp_files else []), *map(str, files)]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             plat.errors.append(f"worker exited {proc.returncode}: {proc.stderr.strip()[-1500:]}")
@@ -328,6 +389,60 @@ def report(x86: Platform, arms: List[Platform], files: Sequence[Path], pairs: Se
     return failures
 
 
+def report_campp(x86: Platform, arms: List[Platform]) -> List[str]:
+    """CAM++ tables: embeddings and pair scores against x86, the fbank on each CPU; returns failed checks."""
+    import numpy as np
+
+    failures: List[str] = []
+    base = x86.result.get("campp") or {}
+    for plat in arms:
+        if "campp" not in plat.result:
+            failures.append(f"{plat.label}: no CAM++ result")
+    arms = [p for p in arms if "campp" in p.result]
+    for precision in CAMPP_FILES:
+        rows = base.get(precision, {}).get("rows", [])
+        print(f"\n== CAM++ {precision} embeddings, models/{CAMPP_FILES[precision]}: cosine to x86"
+              + (", to the torch reference" if base.get("reference") else "") + "; per-clip seconds")
+        for k, row in enumerate(rows):
+            name = "/".join(Path(row["file"]).parts[-2:])
+            line = f"  {name:32} {row['duration_s']:5.2f} s"
+            ref = base.get("reference", {}).get(row["file"])
+            if ref is not None:
+                line += f" | x86 to torch {cos(row['embedding'], ref):.6f}"
+            for plat in arms:
+                other = plat.result["campp"][precision]["rows"][k]
+                c = cos(row["embedding"], other["embedding"])
+                line += f" | {plat.label} {c:.7f} maxdiff {max_abs(row['embedding'], other['embedding']):.1e} ({other['seconds']:.1f} s)"
+                if c < MIN_COSINE:
+                    failures.append(f"{plat.label}: CAM++ {precision} {name} cosine {c:.6f} < {MIN_COSINE}")
+            print(line + f" | x86 {row['seconds']:.3f} s")
+        if len(rows) > 1:
+            for plat in arms:
+                other = plat.result["campp"][precision]["rows"]
+                worst = max(abs(cos(rows[i]["embedding"], rows[j]["embedding"]) - cos(other[i]["embedding"], other[j]["embedding"]))
+                            for i, j in itertools.combinations(range(len(rows)), 2))
+                print(f"  {plat.label}: max |pair score diff| to x86 {worst:.1e} over {len(rows) * (len(rows) - 1) // 2} pairs")
+                if worst > SCORE_TOLERANCE:
+                    failures.append(f"{plat.label}: CAM++ {precision} pair scores differ from x86 by {worst:.2e}")
+        print("  model load s: x86 %.2f" % base[precision]["load_s"] + "".join(f", {p.label} {p.result['campp'][precision]['load_s']:.1f}" for p in arms))
+    fb = base.get("fbank")
+    if fb:
+        x = np.asarray(fb["values"])
+        print(f"\n== Kaldi fbank (core/fbank.py) of {fb['file']}: max |diff| to the torch reference's features: x86 {fb['max_diff_to_torch']:.1e}"
+              + "".join(f", {p.label} {p.result['campp']['fbank']['max_diff_to_torch']:.1e}" for p in arms))
+        for plat in [x86, *arms]:
+            got = plat.result["campp"]["fbank"]["max_diff_to_torch"]
+            if got is None or got > 1e-3:
+                failures.append(f"{plat.label}: Kaldi fbank of {fb['file']} differs from the torch reference by {got}")
+        for plat in arms:
+            other = plat.result["campp"]["fbank"]
+            diff = float(np.abs(x - np.asarray(other["values"])).max()) if other["shape"] == fb["shape"] else float("inf")
+            print(f"  {plat.label} vs x86: max |diff| {diff:.1e}")
+            if diff > FBANK_TOLERANCE:
+                failures.append(f"{plat.label}: Kaldi fbank differs from x86 by {diff:.2e}")
+    return failures
+
+
 def driver(args: argparse.Namespace) -> int:
     dev = speech_dir() / "dev"
     files = [dev / name for name in SAMPLE]
@@ -340,15 +455,21 @@ def driver(args: argparse.Namespace) -> int:
         label, _, wrapper = spec.partition("=")
         arms.append(Platform(label, [wrapper]))
     x86 = Platform("x86", [sys.executable])
+    campp_files = [files[i] for i in CAMPP_SAMPLE] if campp_models() else []
+    if args.require_campp and not campp_files:
+        print(f"arm check FAILED: CAM++ required but {', '.join(CAMPP_FILES.values())} not built in {REPO / 'models'}")
+        return 1
+    if not campp_files:
+        print("arm check: CAM++ not built here (models/campp-int8.onnx, campp-fp32.onnx): its checks are SKIPPED")
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=run_arm, args=(p, files, args.fp32, CLI_PAIRS, args.timeout)) for p in arms]
+    threads = [threading.Thread(target=run_arm, args=(p, files, args.fp32, CLI_PAIRS, args.timeout, campp_files)) for p in arms]
     if args.jobs > 1:
         for t in threads:
             t.start()
     x86_started = time.perf_counter()
     try:
-        x86.result = worker(files, args.fp32, OPTIONAL_ON_X86)
+        x86.result = worker(files, args.fp32, OPTIONAL_ON_X86, campp_files)
         x86.cli = [run_cli(x86, files[i], files[j], args.timeout) for i, j in CLI_PAIRS]
     except Exception:  # still wait for the arm threads, then fail: x86 is the reference
         x86.errors.append(traceback.format_exc())
@@ -363,6 +484,8 @@ def driver(args: argparse.Namespace) -> int:
         print("arm check FAILED: the x86 reference run failed:\n" + x86.errors[0])
         return 1
     failures = report(x86, arms, files, CLI_PAIRS)
+    if campp_files:
+        failures += report_campp(x86, [p for p in arms if p.result is not None])
     print(f"\narm check: {len(files)} clips, {len(arms)} emulated CPUs, {time.perf_counter() - started:.0f} s wall")
     if failures:
         print(f"arm check FAILED ({len(failures)}):")
@@ -396,9 +519,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     drive.add_argument("--fp32", type=int, default=FP32_SAMPLE, help="how many clips also go through the fp32 model")
     drive.add_argument("--jobs", type=int, default=2, help="emulated CPUs run at the same time (1 = one after the other)")
     drive.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each arm process")
+    drive.add_argument("--require-campp", action="store_true", help="fail when the CAM++ models are not built")
     work = sub.add_parser("worker", help="run under an arm Python: imports and embeddings, written as JSON")
     work.add_argument("--out", required=True, help="JSON file to write")
     work.add_argument("--fp32", type=int, default=FP32_SAMPLE, help="how many of the files also go through fp32")
+    work.add_argument("--campp", default="", help="comma-separated clips to embed with CAM++ too (int8; fp32 the first)")
     work.add_argument("files", nargs="+", help="clips to embed")
     resolved = sub.add_parser("resolved", help="summarise pip --report files of an aarch64 resolution")
     resolved.add_argument("reports", nargs="+", type=Path, help="pip install --report JSON files")
@@ -406,7 +531,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.mode == "resolved":
         return print_resolved(args.reports)
     if args.mode == "worker":
-        result = worker([Path(f) for f in args.files], args.fp32)
+        result = worker([Path(f) for f in args.files], args.fp32, campp_files=[Path(f) for f in args.campp.split(",") if f])
         Path(args.out).write_text(json.dumps(result))
         return 0
     if not args.arm:
