@@ -54,7 +54,8 @@ def mel_banks() -> np.ndarray:
     between LOW_FREQ and HIGH_FREQ; FFT bin k sits at k * SAMPLE_RATE / FFT_SIZE. The Nyquist bin gets no
     weight (Kaldi's filters span the first FFT_SIZE/2 bins). The weights are computed in float32, as
     Kaldi (BaseFloat) and torchaudio do: the float64 triangles differ by up to 1.4e-5, which moves a
-    log energy by up to 2e-4.
+    log energy by up to 2e-4. Every step is an IEEE float32 operation or a correctly rounded float64 log,
+    so the weights are the same bits on every CPU.
     """
     f32 = np.float32
     low, high = float(_mel(LOW_FREQ)), float(_mel(HIGH_FREQ))
@@ -64,7 +65,10 @@ def mel_banks() -> np.ndarray:
     centre = f32(low) + (m + 1) * f32(delta)
     right = f32(low) + (m + 2) * f32(delta)
     freqs = f32(SAMPLE_RATE / FFT_SIZE) * np.arange(FFT_SIZE // 2, dtype=f32)
-    bin_mel = (f32(1127.0) * np.log(f32(1.0) + freqs / f32(700.0)))[None, :]
+    # each step rounded to float32 as torchaudio does, but the log taken in float64 and then rounded: numpy's
+    # float32 log differs between x86 (AVX-512) and ARM by an ulp, which moved weights by 1.4e-5
+    ratio = f32(1.0) + freqs / f32(700.0)
+    bin_mel = (f32(1127.0) * np.log(ratio.astype(np.float64)).astype(f32))[None, :]
     up = (bin_mel - left) / (centre - left)
     down = (right - bin_mel) / (right - centre)
     banks = np.maximum(f32(0.0), np.minimum(up, down))  # (NUM_MEL_BINS, FFT_SIZE // 2)

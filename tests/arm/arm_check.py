@@ -12,8 +12,8 @@ the wrapper. Checks, per emulated CPU:
      have cosine >= MIN_COSINE to the x86 ones, and every pair gets the same decision at the default
      threshold; fp32 on a few clips too;
   c. `python -m edgeverify verify A B --json` gives the x86 decision, score within SCORE_TOLERANCE;
-  d. CAM++ (where built: models/campp-int8.onnx, campp-fp32.onnx): int8 embeddings of a few clips and fp32
-     of one have cosine >= MIN_COSINE to x86 and pair scores within SCORE_TOLERANCE; its numpy Kaldi fbank
+  d. CAM++ (where built: models/campp-int8.onnx, campp-fp32.onnx): int8 embeddings of two short clips and
+     fp32 of one have cosine >= MIN_COSINE to x86, their score within SCORE_TOLERANCE; its numpy Kaldi fbank
      of the reference's clip equals x86's (FBANK_TOLERANCE) and the torch reference's features.
 
 Exit status 0 when everything holds (or the speech data is missing: skipped, said loudly), 1 otherwise.
@@ -60,12 +60,13 @@ SAMPLE = (
 FP32_SAMPLE = 2  # the first N files of SAMPLE are also embedded with the fp32 model
 # CLI pairs: (same speaker, different speakers of the same corpus and sex)
 CLI_PAIRS = ((0, 1), (0, 2))
-# CAM++: a same-speaker pair and the clip whose features the torch reference ships (emulation is slow: few clips)
-CAMPP_SAMPLE = (0, 1, 8)
+# CAM++: the clip whose features the torch reference ships and a short one of another speaker and corpus
+# (emulation is slow: a 3 s clip takes ~20 s through CAM++ fp32 on the emulated A72)
+CAMPP_SAMPLE = (8, 5)
 CAMPP_FP32_SAMPLE = 1  # the first N of CAMPP_SAMPLE also through campp-fp32
 CAMPP_FILES = {p: f"campp-{p}.onnx" for p in ("int8", "fp32")}
 CAMPP_REFERENCE = Path("models") / "campp-zh-en-common-advanced" / "reference" / "dev.npz"  # under ../shared
-FBANK_TOLERANCE = 1e-4  # the same numpy code on two CPUs: only FFT/BLAS rounding may differ
+FBANK_TOLERANCE = 1e-5  # the same numpy code on two CPUs: float32 log and BLAS rounding differ (1.9e-6 seen)
 
 # Native extensions the package loads lazily or optionally: they must load on arm64 too.
 NATIVE_IMPORTS = ("onnxruntime", "numpy", "scipy.signal", "soundfile", "sounddevice", "yaml", "paho.mqtt.client", "systemd.daemon")
