@@ -120,6 +120,21 @@ def time_embedder(embedder: Embedder, seconds: float, runs: int) -> Tuple[List[f
     return wall, cpu
 
 
+def features_cpu_ms(embedder: Embedder, seconds: float, runs: int) -> Optional[float]:
+    """CPU milliseconds of the model's own front end alone (part of every embed), median of ``runs``."""
+    features = getattr(embedder, "features", None)  # the model's front end, where the embedder exposes it
+    if features is None:
+        return None
+    samples = _test_signal(seconds)
+    features(samples)
+    cpu = []
+    for _ in range(runs):
+        started = time.thread_time()
+        features(samples)
+        cpu.append(1000.0 * (time.thread_time() - started))
+    return round(statistics.median(cpu), 3)
+
+
 def load_time_ms(path: Path, threads: int = 1, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -355,6 +370,8 @@ def run_bench(
         }
         for n_threads in threads:
             embedder = Embedder(path, n_threads)
+            if "features_cpu_ms_3s" not in per_model[spec.name]:
+                per_model[spec.name]["features_cpu_ms_3s"] = features_cpu_ms(embedder, 3.0, runs)
             for seconds in clips:
                 wall, cpu = time_embedder(embedder, seconds, runs if seconds <= 3 else max(5, runs // 3))
                 median = statistics.median(wall)
