@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     cpu = result["cpu_int8"]
+    load = result["loadavg_1min"]
     print(f"CPU: {result['cpu']} ({cpu['cores']} cores), int8 path: {cpu['int8_path']}; "
-          f"threads: auto = {result['threads_auto']}")
+          f"threads: auto = {result['threads_auto']}; load average {load['start']} -> {load['end']}")
     floor = result["floor"]
     print(f"int8 floor: {floor['conv']}: {floor['conv_cpu_ms']} ms = {floor['gmac_per_s']} GMAC/s")
     for skipped in result["skipped"]:

@@ -353,6 +353,7 @@ def run_bench(
 ) -> Dict:
     """Time every built model of ``models`` (a model that is not built is listed under "skipped" with why),
     then the same run's int8 floor, each model's floor and the goals on the default model."""
+    load_before = os.getloadavg()  # others' work on the machine moves wall times (CPU times much less)
     specs = [find_model(m) for m in models]
     skipped = [{"name": s.name, "reason": s.missing} for s in specs if s.path is None]
     specs = [s for s in specs if s.path is not None]
@@ -450,6 +451,7 @@ def run_bench(
         result["speechbrain"].pop("embedding_first_clip", None)
     result["ratios"] = ratios
     result["goals"] = goals(result, rows)
+    result["loadavg_1min"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
     return result
 
 
