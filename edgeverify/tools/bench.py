@@ -147,7 +147,7 @@ def load_time_ms(path: Path, threads: int = 1, repeats: int = 3) -> float:
 _PEAK_RSS = "int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024"
 
 
-def verify_peak_rss_mb(model: str, seconds: float = 3.0) -> Optional[float]:
+def verify_peak_rss_mb(model: str, seconds: float = 3.0, score: Optional[str] = None) -> Optional[float]:
     """Peak RSS (VmHWM) of a real `edgeverify verify --model MODEL` run on two clips of ``seconds`` (MODEL: a
     name the CLI knows or a path to the .onnx). Read in the child:
     ru_maxrss of a child keeps the forking parent's peak across exec, so it would report this bench's own size."""
@@ -163,13 +163,14 @@ def verify_peak_rss_mb(model: str, seconds: float = 3.0) -> Optional[float]:
             "import sys\nfrom edgeverify.__main__ import main\n"
             f"code = main(sys.argv[1:])\nprint('PEAK', {_PEAK_RSS}, file=sys.stderr)\nsys.exit(code)\n"
         )
-        cmd = [sys.executable, "-c", script, "verify", *clips, "--model", model, "--vad", "off", "--json"]
+        cmd = [sys.executable, "-c", script, "verify", *clips, "--model", model, "--vad", "off", "--json",
+               *(["--score", score] if score else [])]
         done = subprocess.run(cmd, capture_output=True, text=True)
         peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK ")]
         return float(peaks[-1]) if done.returncode == 0 and peaks else None
 
 
-def service_rss_mb(model: str, seconds: float = 10.0) -> Optional[Dict[str, float]]:
+def service_rss_mb(model: str, seconds: float = 10.0, score: str = "calibrated") -> Optional[Dict[str, float]]:
     """RSS of a process shaped like the daemon: its imports (MQTT client included) and the verifier loaded
     (idle), then one request of ``seconds`` read from a WAV file (busy peak, and RSS after it). No broker."""
     import soundfile as sf
@@ -181,7 +182,7 @@ def service_rss_mb(model: str, seconds: float = 10.0) -> Optional[Dict[str, floa
         "from edgeverify.core.verifier import Verifier\n"
         "def rss():\n"
         "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) / 1024\n"
-        "v = Verifier.load(sys.argv[1]); v.warm_up(); idle = rss()\n"
+        "v = Verifier.load(sys.argv[1], score_mode=sys.argv[3]); v.warm_up(); idle = rss()\n"
         "v.embed(read_audio(sys.argv[2]))\n"
         f"print(json.dumps({{'idle_mb': round(idle, 1), 'busy_peak_mb': round({_PEAK_RSS}, 1),"
         " 'after_request_mb': round(rss(), 1)}))\n"
@@ -189,7 +190,7 @@ def service_rss_mb(model: str, seconds: float = 10.0) -> Optional[Dict[str, floa
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.wav"
         sf.write(clip, _test_signal(seconds), TARGET_RATE, subtype="PCM_16")
-        done = subprocess.run([sys.executable, "-c", script, model, str(clip)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", script, model, str(clip), score], capture_output=True, text=True)
     if done.returncode != 0:
         return None
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "request_s": seconds}
@@ -394,11 +395,14 @@ def run_bench(
         if measure_rss:
             parse = getattr(model_store, "parse_model", None)  # the CLI's own names where it has them
             cli_name = spec.name if parse is not None and spec.arch in ARCHITECTURES and parse(spec.name) else str(path)
+            # calibrated scoring, as users run it; cosine where this model has no cohort built yet (said so)
+            score = "calibrated" if verify_peak_rss_mb(cli_name, 3.0) is not None else "cosine"
+            per_model[spec.name]["rss_scoring"] = score
             for seconds, key in ((3.0, "verify_peak_rss_mb"), (10.0, "verify_peak_rss_mb_10s")):
-                rss = verify_peak_rss_mb(cli_name, seconds)
+                rss = verify_peak_rss_mb(cli_name, seconds, score)
                 per_model[spec.name][key] = round(rss, 1) if rss is not None else None
-            per_model[spec.name]["service_rss"] = service_rss_mb(str(path))
-            per_model[spec.name]["service_rss_20s"] = service_rss_mb(str(path), 20.0)  # the longest speech embedded
+            per_model[spec.name]["service_rss"] = service_rss_mb(str(path), 10.0, score)
+            per_model[spec.name]["service_rss_20s"] = service_rss_mb(str(path), 20.0, score)  # the longest speech embedded
     result: Dict = {
         "rows": [asdict(r) for r in rows],
         "models": per_model,
