@@ -12,8 +12,9 @@ the wrapper. Checks, per emulated CPU:
      have cosine >= MIN_COSINE to the x86 ones, and every pair gets the same decision at the default
      threshold; fp32 on a few clips too;
   c. `python -m edgeverify verify A B --json` gives the x86 decision, score within SCORE_TOLERANCE;
-  d. CAM++ (where built: models/campp-int8.onnx, campp-fp32.onnx): int8 embeddings of two short clips and
-     fp32 of one have cosine >= MIN_COSINE to x86, their score within SCORE_TOLERANCE; its numpy Kaldi fbank
+  d. CAM++ (where built: models/campp-int8.onnx, campp-fp32.onnx): fp32 embeddings of a short clip have
+     cosine >= MIN_COSINE to x86; int8 ones of two clips >= CAMPP_INT8_MIN_COSINE (see there why), A72 and
+     A76 equal to MIN_COSINE, their score within CAMPP_INT8_SCORE_TOLERANCE of x86's; its numpy Kaldi fbank
      of the reference's clip equals x86's (FBANK_TOLERANCE) and the torch reference's features.
 
 Exit status 0 when everything holds (or the speech data is missing: skipped, said loudly), 1 otherwise.
@@ -65,6 +66,13 @@ CLI_PAIRS = ((0, 1), (0, 2))
 CAMPP_SAMPLE = (8, 5)
 CAMPP_FP32_SAMPLE = 1  # the first N of CAMPP_SAMPLE also through campp-fp32
 CAMPP_FILES = {p: f"campp-{p}.onnx" for p in ("int8", "fp32")}
+# CAM++ int8 requantises ~100 times in a row, so a different float summation order before one rounding flips
+# it and the flip travels: on one x86 CPU, onnxruntime's graph fusion level alone moves the int8 embedding to
+# cosine ~0.99990 (printed by the check). Across CPUs the bound is therefore 0.9995 (5x that; the int8
+# quantisation itself costs ~0.9973 to fp32, a kernel that saturates or misreads weights far more); the two
+# ARM cores, which run the same fused graph, must still agree to MIN_COSINE (no-dot-product vs SDOT kernels).
+CAMPP_INT8_MIN_COSINE = 0.9995
+CAMPP_INT8_SCORE_TOLERANCE = 1e-3
 CAMPP_REFERENCE = Path("models") / "campp-zh-en-common-advanced" / "reference" / "dev.npz"  # under ../shared
 FBANK_TOLERANCE = 1e-5  # the same numpy code on two CPUs: float32 log and BLAS rounding differ (1.9e-6 seen)
 
@@ -180,6 +188,8 @@ def embed_campp(files: Sequence[Path], fp32_count: int) -> Dict[str, object]:
             rows.append({"file": str(clip), "seconds": time.perf_counter() - started,
                          "duration_s": samples.shape[0] / 16000, "embedding": [float(x) for x in vector]})
         out[precision] = {"load_s": load_s, "rows": rows}
+        if precision == "int8" and platform.machine() != "aarch64":  # x86's own spread: another fusion level
+            out["int8_basic_fusion"] = [_embed_basic_fusion(path, embedder, clip) for clip in files]
     ref_path = speech_dir().parent.parent / CAMPP_REFERENCE
     if ref_path.is_file():
         ref = np.load(ref_path)
@@ -190,6 +200,22 @@ def embed_campp(files: Sequence[Path], fp32_count: int) -> Dict[str, object]:
         out["reference"] = {str(clip): ref["embeddings"][names.index(f"{clip.parent.name}/{clip.name}")].tolist()
                             for clip in files if f"{clip.parent.name}/{clip.name}" in names}
     return out
+
+
+def _embed_basic_fusion(path: Path, embedder, clip: Path) -> List[float]:
+    """The embedding of ``clip`` through the same int8 graph with onnxruntime's basic fusions only."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgeverify.core.audio import read_audio
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feats = embedder.features(read_audio(clip).samples)[None].astype(np.float32)
+    vector = session.run(None, {session.get_inputs()[0].name: feats})[0][0]
+    return [float(x) for x in vector / np.linalg.norm(vector)]
 
 
 def worker(files: Sequence[Path], fp32_count: int, optional: Sequence[str] = (),
@@ -410,12 +436,20 @@ def report_campp(x86: Platform, arms: List[Platform]) -> List[str]:
             ref = base.get("reference", {}).get(row["file"])
             if ref is not None:
                 line += f" | x86 to torch {cos(row['embedding'], ref):.6f}"
+            bound = CAMPP_INT8_MIN_COSINE if precision == "int8" else MIN_COSINE
+            if precision == "int8" and base.get("int8_basic_fusion"):
+                line += f" | x86 other fusion {cos(row['embedding'], base['int8_basic_fusion'][k]):.7f}"
             for plat in arms:
                 other = plat.result["campp"][precision]["rows"][k]
                 c = cos(row["embedding"], other["embedding"])
                 line += f" | {plat.label} {c:.7f} maxdiff {max_abs(row['embedding'], other['embedding']):.1e} ({other['seconds']:.1f} s)"
+                if c < bound:
+                    failures.append(f"{plat.label}: CAM++ {precision} {name} cosine {c:.6f} < {bound}")
+            if len(arms) == 2:
+                c = cos(arms[0].result["campp"][precision]["rows"][k]["embedding"], arms[1].result["campp"][precision]["rows"][k]["embedding"])
+                line += f" | {arms[0].label}~{arms[1].label} {c:.7f}"
                 if c < MIN_COSINE:
-                    failures.append(f"{plat.label}: CAM++ {precision} {name} cosine {c:.6f} < {MIN_COSINE}")
+                    failures.append(f"CAM++ {precision} {name}: {arms[0].label} and {arms[1].label} differ (cosine {c:.6f})")
             print(line + f" | x86 {row['seconds']:.3f} s")
         if len(rows) > 1:
             for plat in arms:
@@ -423,7 +457,7 @@ def report_campp(x86: Platform, arms: List[Platform]) -> List[str]:
                 worst = max(abs(cos(rows[i]["embedding"], rows[j]["embedding"]) - cos(other[i]["embedding"], other[j]["embedding"]))
                             for i, j in itertools.combinations(range(len(rows)), 2))
                 print(f"  {plat.label}: max |pair score diff| to x86 {worst:.1e} over {len(rows) * (len(rows) - 1) // 2} pairs")
-                if worst > SCORE_TOLERANCE:
+                if worst > (CAMPP_INT8_SCORE_TOLERANCE if precision == "int8" else SCORE_TOLERANCE):
                     failures.append(f"{plat.label}: CAM++ {precision} pair scores differ from x86 by {worst:.2e}")
         print("  model load s: x86 %.2f" % base[precision]["load_s"] + "".join(f", {p.label} {p.result['campp'][precision]['load_s']:.1f}" for p in arms))
     fb = base.get("fbank")
