@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
             f"{row['p90_ms']:8.2f} {row['ms_per_audio_s']:7.2f} {row['rtf']:8.4f}"
         )
     print("ratios (1 thread, CPU time): " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
-    print(f"goals for the default model ({result['default_model']}):")
-    for goal in result["goals"].values():
-        verdict = "not measured" if goal["met"] is None else ("met" if goal["met"] else "NOT met")
-        print(f"  {goal['what']}: {goal['value']} (goal {goal['goal']}): {verdict}")
+    for name, checks in result["goals"].items():
+        print(f"goals of the default model, for {name}{' (the default)' if checks['default'] else ''}:")
+        for goal in (v for v in checks.values() if isinstance(v, dict)):
+            verdict = "not measured" if goal["met"] is None else ("met" if goal["met"] else "NOT met")
+            print(f"  {goal['what']}: {goal['value']} (goal {goal['goal']}): {verdict}")
     return 0
