@@ -14,7 +14,8 @@ the wrapper. Checks, per emulated CPU:
   c. `python -m edgeverify verify A B --json` gives the x86 decision, score within SCORE_TOLERANCE;
   d. CAM++ (where built: models/campp-int8.onnx, campp-fp32.onnx): fp32 embeddings of a short clip have
      cosine >= MIN_COSINE to x86; int8 ones of two clips >= CAMPP_INT8_MIN_COSINE (see there why), A72 and
-     A76 equal to MIN_COSINE, their score within CAMPP_INT8_SCORE_TOLERANCE of x86's; its numpy Kaldi fbank
+     A76 equal to MIN_COSINE, their score within CAMPP_INT8_SCORE_TOLERANCE of x86's (also the CLI's
+     tolerance in c. when CAM++ int8 is the default); its numpy Kaldi fbank
      of the reference's clip equals x86's (FBANK_TOLERANCE) and the torch reference's features.
 
 Exit status 0 when everything holds (or the speech data is missing: skipped, said loudly), 1 otherwise.
@@ -72,7 +73,9 @@ CAMPP_FILES = {p: f"campp-{p}.onnx" for p in ("int8", "fp32")}
 # quantisation itself costs ~0.9973 to fp32, a kernel that saturates or misreads weights far more); the two
 # ARM cores, which run the same fused graph, must still agree to MIN_COSINE (no-dot-product vs SDOT kernels).
 CAMPP_INT8_MIN_COSINE = 0.9995
-CAMPP_INT8_SCORE_TOLERANCE = 1e-3
+# pair scores (cosine) move more than single embeddings: x86 alone, fusion level all vs basic, moved two dev
+# pairs by 1.4e-3 and 2.0e-3; the emulated A72 moved them by 1.2e-3 and 2.8e-3 (`verify`, same decisions)
+CAMPP_INT8_SCORE_TOLERANCE = 5e-3
 CAMPP_REFERENCE = Path("models") / "campp-zh-en-common-advanced" / "reference" / "dev.npz"  # under ../shared
 FBANK_TOLERANCE = 1e-5  # the same numpy code on two CPUs: float32 log and BLAS rounding differ (1.9e-6 seen)
 
@@ -239,6 +242,13 @@ def worker(files: Sequence[Path], fp32_count: int, optional: Sequence[str] = (),
     return result
 
 
+def default_model() -> str:
+    """"campp-int8" style name of the model the CLI runs by default (ECAPA int8 where the store does not say)."""
+    from edgeverify.core import model_store
+
+    return f"{getattr(model_store, 'DEFAULT_MODEL', 'ecapa')}-{getattr(model_store, 'DEFAULT_PRECISION', 'int8')}"
+
+
 def _knows(name: str) -> bool:
     """Whether this edgeverify names its models by architecture (so that "int8" alone may mean CAM++)."""
     from edgeverify.core import model_store
@@ -393,7 +403,9 @@ def report(x86: Platform, arms: List[Platform], files: Sequence[Path], pairs: Se
         q = [cos(a["embedding"], b["embedding"]) for a, b in zip(plat.result["int8"]["rows"], plat.result["fp32"]["rows"])]
         print(f"  int8 vs fp32 on {plat.label}: " + ", ".join(f"{c:.5f}" for c in q))
 
-    print("\n== CLI: python -m edgeverify verify A B --json")
+    default = default_model()
+    cli_tolerance = CAMPP_INT8_SCORE_TOLERANCE if default == "campp-int8" else SCORE_TOLERANCE
+    print(f"\n== CLI: python -m edgeverify verify A B --json (default model {default}; score tolerance {cli_tolerance:g})")
     for n, (i, j) in enumerate(pairs):
         ref = x86.cli[n] if n < len(x86.cli) else None
         pair = f"{Path(files[i]).stem} vs {Path(files[j]).stem}"
@@ -409,7 +421,7 @@ def report(x86: Platform, arms: List[Platform], files: Sequence[Path], pairs: Se
             got = plat.cli[n]
             diff = abs(got["score"] - ref["score"])
             line += f" | {plat.label} {got['same_speaker']!s:5} {got['score']:.6f} (diff {diff:.1e}, {got['wall_s']:.0f} s)"
-            if got["same_speaker"] != ref["same_speaker"] or diff > SCORE_TOLERANCE:
+            if got["same_speaker"] != ref["same_speaker"] or diff > cli_tolerance:
                 failures.append(f"{plat.label}: CLI on {pair}: {got['same_speaker']} {got['score']} vs x86 "
                                 f"{ref['same_speaker']} {ref['score']}")
         print(line)

@@ -4,7 +4,7 @@
 # imports, int8/fp32 embeddings of ECAPA and CAM++, decisions and the CLI with x86 (tests/arm/arm_check.py does
 # the work), after building the models on the emulated A72 and comparing them byte for byte with x86's.
 #
-#   tests/arm/run_arm_check.sh            called by .ci/run after the main tests (about 3-5 min)
+#   tests/arm/run_arm_check.sh            called by .ci/run after the main tests (about 4-6 min; CAM++ adds ~45 s of emulated build and two short clips per CPU)
 #
 # Environment:
 #   ARM_PYTHON_DIR     where the arm64 Python is set up and cached (default: .cache/arm-python)
