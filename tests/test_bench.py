@@ -12,6 +12,22 @@ FRAME_LEVEL_MATMULS = ("asp.tdnn.conv.conv.weight_t", "asp.conv.conv.weight_t")
 UTTERANCE_LEVEL = ("se_block", "asp.tdnn.conv.mean", "asp.tdnn.conv.std", "fc.conv")  # run once per clip
 
 
+@pytest.fixture(scope="module")
+def fp32_model() -> Path:
+    """ECAPA fp32 whatever the default model is (the layer names below are ECAPA's)."""
+    import os
+
+    from edgeverify.core.model_store import resolve_model
+    from edgeverify.errors import ModelError
+
+    try:
+        return resolve_model("ecapa-fp32")
+    except ModelError as exc:
+        if os.environ.get("EDGEVERIFY_REQUIRE_MODEL") == "1":
+            pytest.fail(f"ecapa fp32 model required but missing: {exc.message}")
+        pytest.skip(exc.message)
+
+
 def test_count_macs_matches_layer_weights(fp32_model: Path) -> None:
     """Frame-level layers (the convs, the attention's two 1x1 layers) cost their weight count per frame;
     the per-utterance rest (SE gates, attention context, final layer, sums over time) is under 1 %."""
