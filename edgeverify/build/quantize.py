@@ -154,11 +154,11 @@ def campp_int8_nodes(graph) -> List[str]:
 
 # CAM++, measured on 216 clips of dev, dev8k and native8k (mean cosine of int8 to fp32 with only that
 # group int8; docs/models.md): head layer1 0.9977, head layer2 + last conv 0.9972, TDNN layer 0.9982, the
-# 52 bottleneck 1x1 layers 0.9986, the 52 dilated 3-tap layers 0.9994, transition 1/2/3 0.9979/0.9992/0.9983.
+# 52 bottleneck 1x1 layers 0.9982, the 52 dilated 3-tap layers 0.9994, transition 1/2/3 0.9979/0.9992/0.9983.
 # Kept float (CAMPP_FLOAT_NODES), by that measure and the cost of each in float: the head's first conv (1
 # input channel: no faster int8, its input is the raw fbank), the head's second stage and last conv (0.85 M
 # MACs per frame), the TDNN layer (0.1 M) and transitions 1 and 3 (0.33 M). All int8: mean cosine 0.9898,
-# ~17-19 ms per 3 s clip; with these float: 0.9957 (all 1079 clips), ~21-23 ms (without the TDNN layer
+# ~17-19 ms per 3 s clip; with these float: 0.9958 (all 1079 clips), ~21-23 ms (without the TDNN layer
 # float: 0.9946). Also float: the per-segment masking layers and every sum
 # over time (tiny), the embedding layer (once per clip). MatMul outputs stay float (they feed a bias add or
 # the shifted sums; onnxruntime runs them as MatMulIntegerToFloat): no requantisation before the bias.
