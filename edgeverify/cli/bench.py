@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object with a 'rows' list")
     parser.add_argument(
         "--models", default="campp-int8,campp-fp32,ecapa-int8,ecapa-fp32",
-        help="comma-separated models to measure: campp-int8, campp-fp32, ecapa-int8, ecapa-fp32 (int8/fp32 = ECAPA) "
+        help="comma-separated models to measure: campp-int8, campp-fp32, ecapa-int8, ecapa-fp32 (int8/fp32: the default model) "
         "or .onnx paths; one that is not built is skipped with a line saying so (default: all four)",
     )
     parser.add_argument("--threads", default="1,2,4", help="comma-separated thread counts (default 1,2,4)")

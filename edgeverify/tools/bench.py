@@ -30,7 +30,6 @@ SPEECHBRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "tests" / "bench_spee
 ARCHITECTURES = ("campp", "ecapa")
 PRECISIONS = ("int8", "fp32")
 DEFAULT_MODELS = tuple(f"{arch}-{precision}" for arch in ARCHITECTURES for precision in PRECISIONS)
-LEGACY_NAMES = {"int8": "ecapa-int8", "fp32": "ecapa-fp32"}  # what `--models int8,fp32` meant before CAM++
 
 # Goals, same run, 3 s clip, 1 thread unless said (issue "CAM++ as the default model")
 GOAL_OVER_SPEECHBRAIN = 8.0  # the default model's speed over SpeechBrain's torch ECAPA pipeline
@@ -65,8 +64,9 @@ class ModelSpec:
 
 def find_model(name: str) -> ModelSpec:
     """"campp-int8" / "ecapa-fp32" (the built files of those names in core.model_store's model folders),
-    "int8"/"fp32" (ECAPA, as before CAM++), or a path to an .onnx file."""
-    name = LEGACY_NAMES.get(name, name)
+    "int8"/"fp32" (the default model in that precision, as everywhere in the CLI), or a path to an .onnx file."""
+    if name in PRECISIONS:
+        name = f"{default_architecture()}-{name}"
     arch, _, precision = name.partition("-")
     if arch in ARCHITECTURES and precision in PRECISIONS:
         file_name = f"{name}.onnx"
