@@ -140,7 +140,10 @@ class _CamppBuilder(GraphBuilder):
         counts = self.op("ReduceSum", [member, self.const("axes_last", np.array([1], dtype=np.int64))], keepdims=1)
         count = self.op("Cast", [frames], to=1)
         inv_frames = self.op("Reciprocal", [count])
-        self.context = self.op("Add", [self.op("Div", [member, counts]), inv_frames], name="context_rows")
+        context = self.op("Add", [self.op("Div", [member, counts]), inv_frames], name="context_rows")
+        # (T', S): the context as a right-hand factor (see dense_layer); extra nodes are added without
+        # renumbering the graph, whose tensor names the shipped int8 ranges refer to
+        self.context_t = self.op_multi("Transpose", [context], ["context_cols"], node="context_cols", perm=[1, 0])[0]
         row_shape = self.op("Concat", [self.const("dims_1_1", np.array([1, 1], dtype=np.int64)),
                                        self.op("Unsqueeze", [frames, self.const("axes_0b", np.array([0], dtype=np.int64))])], axis=0)
         ones = self._numpy_helper.from_array(np.array([1.0], dtype=np.float32), name="one")
@@ -179,7 +182,12 @@ class _CamppBuilder(GraphBuilder):
         scale, shift = bn_affine(self, f"{prefix}.nonlinear2.batchnorm")
         u = self.op("Relu", [self.matmul(h, (w1 * scale[:, None]).T, f"{prefix}.linear1", shift)], node=f"{prefix}.relu2")
         # context-aware masking: gate from (utterance mean + segment mean) of u
-        ctx = self.op("MatMul", [self.context, u])  # (B, S, 128)
+        # (B, S, 128) as the transpose of u^T @ context^T: with the frames as the inner dimension of a
+        # (S x T') @ (T' x 128) product, onnxruntime split the sum over frames between threads and the
+        # result depended on the thread count; this order gives the same bits at any thread count
+        u_t = self.op_multi("Transpose", [u], [f"{prefix}.u_t"], node=f"{prefix}.u_t", perm=[0, 2, 1])[0]
+        ctx_t = self.op_multi("MatMul", [u_t, self.context_t], [f"{prefix}.ctx_t"], node=f"{prefix}.ctx_t")[0]
+        ctx = self.op("Transpose", [ctx_t], perm=[0, 2, 1])
         cam = f"{prefix}.cam_layer"
         g = self.op("Relu", [self.matmul(ctx, self.param(f"{cam}.linear1.weight")[:, :, 0].T, f"{cam}.linear1",
                                          self.param(f"{cam}.linear1.bias"))])
