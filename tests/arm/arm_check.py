@@ -565,7 +565,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     drive.add_argument("--arm", action="append", default=[], help="LABEL=WRAPPER, e.g. A72=.cache/arm-python/python-cortex-a72")
     drive.add_argument("--fp32", type=int, default=FP32_SAMPLE, help="how many clips also go through the fp32 model")
     drive.add_argument("--jobs", type=int, default=2, help="emulated CPUs run at the same time (1 = one after the other)")
-    drive.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each arm process")
+    drive.add_argument("--timeout", type=float, default=1800.0,
+                       help="seconds allowed to each arm process (a loaded 2-core machine took over 900 for the A72)")
     drive.add_argument("--require-campp", action="store_true", help="fail when the CAM++ models are not built")
     work = sub.add_parser("worker", help="run under an arm Python: imports and embeddings, written as JSON")
     work.add_argument("--out", required=True, help="JSON file to write")
