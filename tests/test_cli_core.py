@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeverify.core.model_store import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 SAME = ("vctk-p226/p226_003.wav", "vctk-p226/p226_008.wav")
 DIFFERENT = ("vctk-p226/p226_003.wav", "ls-1688/1688-142285-0008.wav")
@@ -105,9 +107,11 @@ def test_bench_json_rows(int8_model: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     (row,) = out["rows"]
-    assert row["model"] == "int8" and row["clip_s"] == 3 and row["threads"] == 1
+    assert row["name"] == f"{DEFAULT_MODEL}-int8" == out["default_model"]  # "int8" alone: the default model
+    assert row["model"] == DEFAULT_MODEL and row["precision"] == "int8" and row["default"] is True
+    assert row["clip_s"] == 3 and row["threads"] == 1
     assert row["median_ms"] > 0 and row["rtf"] == pytest.approx(row["median_ms"] / 3000, rel=0.01)
-    assert out["models"]["int8"]["file_mb"] < 25
+    assert out["models"][row["name"]]["file_mb"] < 25 and out["models"][row["name"]]["gmac_3s"] > 1
     assert row["cpu_median_ms"] > 0 and row["ms_per_audio_s"] == pytest.approx(row["median_ms"] / 3, rel=0.01)
     assert out["floor"]["gmac_per_s"] > 0 and out["cpu_int8"]["int8_path"]
     assert 1 <= out["threads_auto"] <= 4
@@ -118,7 +122,7 @@ def test_bench_text_output(int8_model: Path) -> None:
     result = edgeverify("bench", "--models", "int8", "--clips", "1", "--threads", "1,2", "--runs", "1", "--no-rss")
     assert result.returncode == 0, result.stderr
     assert "int8 floor:" in result.stdout and "int8 path:" in result.stdout
-    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:2] == ["int8", "1"]]
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:2] == [f"{DEFAULT_MODEL}-int8", "1"]]
     assert [row[2] for row in rows] == ["1", "2"]
 
 

@@ -25,7 +25,9 @@ from ..core.audio import TARGET_RATE, audio_from_array, read_audio, resample
 from ..errors import AudioError, EdgeVerifyError
 from ..core.metrics import compute_eer, cllr, min_cllr, min_dcf
 from ..core.scoring import Band, Calibration, far_table, fit_logistic, quality, save_scorer, unit, file_sha256
+from ..core.trials import read_trials as parse_trials, speaker_of
 from ..core.verifier import Verifier
+from ..core.model_store import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +50,13 @@ class Embedded:
     speaker: List[str]
 
 
-def speaker_of(name: str) -> str:
-    """Trial paths are <speaker>/<file>, or <condition>/<speaker>/<file> for derived (degraded) sets."""
-    parts = name.split("/")
-    return parts[-2] if len(parts) > 1 else name
-
-
 def read_sources(root: Path) -> Dict[str, str]:
     with open(root / "speakers.tsv", encoding="utf-8") as fh:
         return {row["speaker"]: row["source"] for row in csv.DictReader(fh, delimiter="\t")}
 
 
 def read_trials(path: Path) -> Tuple[np.ndarray, List[str], List[str]]:
-    from ..tools.evaluate import read_trials as parse
-
-    t = parse(path)
+    t = parse_trials(path)
     return np.array([x[0] for x in t]), [x[1] for x in t], [x[2] for x in t]
 
 
@@ -173,12 +167,15 @@ def merge(a: Embedded, b: Embedded, prefix_a: str = "") -> Embedded:
 
 
 def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, report: bool = False,
-          progress: Progress = None, degraded: Optional[Path] = None) -> Tuple[Path, Dict]:
-    """Embed, fit and write the cohort file; returns (path, held-out figures)."""
+          progress: Progress = None, degraded: Optional[Path] = None, precision: Optional[str] = None
+          ) -> Tuple[Path, Dict]:
+    """Embed, fit and write the cohort file (cohort-<model file>.json beside the model); returns
+    (path, held-out figures)."""
     dev = Path(speech_dir) / "dev"
     if not (dev / "trials.txt").is_file():
         raise EdgeVerifyError(f"{dev}/trials.txt not found (is --speech-dir the shared speech folder?)")
-    verifier = Verifier.load(model, score_mode="cosine")
+    model_file = resolve_model(model, precision)
+    verifier = Verifier.load(str(model_file), score_mode="cosine")
     sources = read_sources(dev)
     licensed = sorted(s for s, src in sources.items() if src in LICENSED_SOURCES)
     used_sources = sorted({sources[s] for s in licensed})
@@ -199,9 +196,9 @@ def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, rep
         figures[f"dev-licensed ({band} cohort)" if band == "16k" else "dev-licensed via 8 kHz"] = heldout_report(
             train, train, cosine_threshold)
     model_path = verifier.embedder.path
-    path = Path(out) if out else model_path.parent / f"cohort-{verifier.model_name}.json"
+    path = Path(out) if out else model_path.parent / f"cohort-{model_path.stem}.json"
     save_scorer(path, bands, file_sha256(model_path), {
-        "model": verifier.model_name,
+        "model": model_path.stem,
         "built_by": "edgeverify model calibrate (edgeverify/build/cohort_build.py)",
         "cohort": {"speakers": len(licensed), "files": len(embedded["16k"].index), "folds": FOLDS,
                    "sources": [LICENSED_SOURCES[s] for s in used_sources]},

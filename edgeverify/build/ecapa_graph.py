@@ -17,12 +17,11 @@ Exact rewrites make it cheaper than a literal transcription (README "Model and a
 
 from __future__ import annotations
 
-import math
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from ..errors import ModelError
+from .onnx_graph import GraphBuilder, exact_matvec
 
 BN_EPS = 1e-5
 STATS_EPS = 1e-12
@@ -32,55 +31,12 @@ DILATIONS = (1, 2, 3, 4, 1)
 RES2NET_SCALE = 8
 N_MELS = 80
 EMBEDDING_DIM = 192
-OPSET = 17
 # Largest |logit| of the attention for which exp() cannot overflow float32 summed over an hour of frames.
 SAFE_EXP_BOUND = 60.0
 
 
-def _exact_matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """matrix @ vector correctly rounded to float32. A BLAS product sums in an order that depends on the
-    CPU (the emulated A72 built a different model than x86); float32 products are exact in float64 and
-    fsum adds them exactly, so the build stays byte-identical everywhere."""
-    products = matrix.astype(np.float64) * vector.astype(np.float64)[None, :]
-    return np.array([math.fsum(row) for row in products], dtype=np.float32)
-
-
-class _GraphBuilder:
-    """Tiny helper around onnx.helper that names nodes and constants uniquely."""
-
-    def __init__(self, state: Mapping[str, np.ndarray]) -> None:
-        from onnx import helper, numpy_helper
-
-        self._helper = helper
-        self._numpy_helper = numpy_helper
-        self.state = state
-        self.used: set = set()
-        self.nodes: List = []
-        self.initializers: List = []
-        self._count = 0
-
-    def param(self, key: str) -> np.ndarray:
-        if key not in self.state:
-            raise ModelError(f"checkpoint is missing tensor {key!r}: not an ECAPA-TDNN (spkrec-ecapa-voxceleb) state_dict")
-        self.used.add(key)
-        value = np.array(self.state[key], dtype=np.float32)
-        # Subnormal weights (4 % of the attention's 3072-input conv) change nothing a float32 sum can show, but
-        # every multiply by one takes a microcode assist on x86: that conv ran 7x slower than with zeros.
-        value[np.abs(value) < np.finfo(np.float32).tiny] = 0.0
-        return value
-
-    def const(self, name: str, value: np.ndarray) -> str:
-        tensor = self._numpy_helper.from_array(np.ascontiguousarray(value), name=name)
-        self.initializers.append(tensor)
-        return name
-
-    def op(self, op_type: str, inputs: Sequence[str], name: Optional[str] = None, node: Optional[str] = None, **attrs) -> str:
-        """Add a node; ``name`` names its output, ``node`` the node itself (quantisation rules refer to it)."""
-        self._count += 1
-        out = name or f"{op_type.lower()}_{self._count}"
-        node_name = node or f"{op_type}_{self._count}"
-        self.nodes.append(self._helper.make_node(op_type, list(inputs), [out], name=node_name, **attrs))
-        return out
+class _GraphBuilder(GraphBuilder):
+    architecture = "ECAPA-TDNN (spkrec-ecapa-voxceleb)"
 
     # --- layers -------------------------------------------------------------------------------------
 
@@ -205,7 +161,7 @@ class _GraphBuilder:
         weight = self.param("asp.tdnn.conv.conv.weight")  # (128, 3*C, 1) over concat[x, mean, std]
         w_x, w_m, w_s = weight[:, :channels], weight[:, channels : 2 * channels], weight[:, 2 * channels :]
         scale, shift = self.batchnorm_affine(norm_prefix)
-        folded_bias = self.param("asp.tdnn.conv.conv.bias") + _exact_matvec(w_x[:, :, 0], shift)
+        folded_bias = self.param("asp.tdnn.conv.conv.bias") + exact_matvec(w_x[:, :, 0], shift)
         local = self.dense(relu, "asp.tdnn.conv.conv", w_x * scale[None, :, None], folded_bias)
         ctx = self.op("Add", [self.utterance_conv(mean, "asp.tdnn.conv.mean", w_m, False),
                               self.utterance_conv(std, "asp.tdnn.conv.std", w_s, False)])
@@ -227,7 +183,7 @@ class _GraphBuilder:
 
 def build_ecapa_model(state: Mapping[str, np.ndarray], metadata: Optional[Dict[str, str]] = None):
     """An onnx.ModelProto for the checkpoint; raises ModelError if keys are missing or left over."""
-    from onnx import TensorProto, checker, helper
+    from onnx import TensorProto, helper
 
     g = _GraphBuilder(state)
     g.time_major_sums("features")
@@ -244,20 +200,9 @@ def build_ecapa_model(state: Mapping[str, np.ndarray], metadata: Optional[Dict[s
     axes = g.const("squeeze_axes", np.array([1], dtype=np.int64))
     g.op("Squeeze", [emb, axes], name="embedding")
 
-    unused = sorted(set(state) - g.used)
-    if unused:
-        raise ModelError(f"checkpoint has tensors this ECAPA-TDNN does not use: {unused[:5]}")
-    graph = helper.make_graph(
-        g.nodes,
+    return g.finish(
         "ecapa_tdnn",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "frames", N_MELS])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", EMBEDDING_DIM])],
-        initializer=g.initializers,
+        metadata,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgeverify")
-    model.ir_version = 8  # readable by onnxruntime >= 1.14
-    for key, value in (metadata or {}).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    checker.check_model(model)
-    return model

@@ -1,4 +1,4 @@
-"""Static int8 quantisation (QDQ) of the fp32 ECAPA-TDNN graph with onnxruntime's quantiser.
+"""Static int8 quantisation (QDQ) of the fp32 graphs with onnxruntime's quantiser, one plan per model.
 
 Scheme (chosen by measurement, see README "Model"): uint8 activations with ranges at the 99.999th
 percentile of calibration activations (mean cosine to fp32 0.9972, against 0.9946 for MinMax ranges),
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -43,19 +44,21 @@ CALIBRATION_FRAMES = 301  # 3 s windows: the histogram calibrator needs equal sh
 CALIBRATION_PERCENTILE = 99.999
 
 
-def iter_calibration_features(files: Sequence[Path], windows_per_file: int = 2) -> Iterator[np.ndarray]:
+def iter_calibration_features(files: Sequence[Path], windows_per_file: int = 2,
+                              front_end: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Iterator[np.ndarray]:
     """(1, 301, 80) feature windows (3 s, the typical request) from each readable file."""
     from ..core.audio import read_audio
     from ..errors import AudioError
     from ..core.features import normalized_features
 
+    features = front_end or normalized_features
     for path in files:
         try:
             audio = read_audio(path, max_seconds=3600)
         except AudioError as exc:
             log.warning("calibration: skipping %s: %s", path, exc.message)
             continue
-        feats = normalized_features(audio.samples)
+        feats = features(audio.samples)
         for start in range(0, feats.shape[0] - CALIBRATION_FRAMES + 1, CALIBRATION_FRAMES)[:windows_per_file]:
             yield feats[None, start : start + CALIBRATION_FRAMES]
 
@@ -97,13 +100,98 @@ class _FeatureReader:
         pass
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How one model is quantised: which nodes run int8 (chosen per layer by measurement)."""
+
+    description: str
+    op_types: Sequence[str]
+    # (fp32 graph) -> (nodes_to_quantize or None for "every node of op_types", nodes_to_exclude)
+    select: Callable[[object], tuple]
+    extra: Dict[str, object] = field(default_factory=dict)
+    front_end: str = "fbank"
+
+
+def _ecapa_select(graph) -> tuple:
+    float_matmuls = [n.name for n in graph.node if n.op_type == "MatMul" and n.name not in INT8_MATMULS]
+    return None, list(FLOAT_NODES) + float_matmuls
+
+
+ECAPA_PLAN = Plan(
+    "QDQ static; uint8 activations (99.999th percentile ranges), int8 per-channel 7-bit weights; "
+    "Conv+ReLU and the attention's frame-level 3072->128 MatMul",
+    QUANTIZED_OPS, _ecapa_select,
+)
+
+
+def campp_int8_nodes(graph) -> List[str]:
+    """CAM++ nodes that run int8 (see CAMPP_PLAN): every frame-level layer with weights but those in
+    CAMPP_FLOAT_NODES, and the ReLU right after an int8 conv (folded into its output range)."""
+    picked = []
+    for node in graph.node:
+        name = node.name
+        if name in CAMPP_FLOAT_NODES:
+            continue
+        if node.op_type == "Conv" and (name.startswith("head.") or name == "xvector.tdnn.linear"):
+            picked.append(node)
+        elif node.op_type == "MatMul" and (
+            (name.endswith(".linear1") and ".cam_layer." not in name)
+            or name.endswith(".linear_local")
+            or name.startswith("xvector.transit")
+        ):
+            picked.append(node)
+    consumers: Dict[str, List] = {}
+    for node in graph.node:
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node)
+    relus = []
+    for node in picked:
+        after = consumers.get(node.output[0], [])
+        if node.op_type == "Conv" and len(after) == 1 and after[0].op_type == "Relu":
+            relus.append(after[0].name)
+    return [n.name for n in picked] + relus
+
+
+# CAM++, measured on 216 clips of dev, dev8k and native8k (mean cosine of int8 to fp32 with only that
+# group int8; docs/models.md): head layer1 0.9977, head layer2 + last conv 0.9972, TDNN layer 0.9982, the
+# 52 bottleneck 1x1 layers 0.9982, the 52 dilated 3-tap layers 0.9994, transition 1/2/3 0.9979/0.9992/0.9983.
+# Kept float (CAMPP_FLOAT_NODES), by that measure and the cost of each in float: the head's first conv (1
+# input channel: no faster int8, its input is the raw fbank), the head's second stage and last conv (0.85 M
+# MACs per frame), the TDNN layer (0.1 M) and transitions 1 and 3 (0.33 M). All int8: mean cosine 0.9898,
+# ~17-19 ms per 3 s clip; with these float: 0.9958 (all 1079 clips), ~21-23 ms (without the TDNN layer
+# float: 0.9946). Also float: the per-segment masking layers and every sum
+# over time (tiny), the embedding layer (once per clip). MatMul outputs stay float (they feed a bias add or
+# the shifted sums; onnxruntime runs them as MatMulIntegerToFloat): no requantisation before the bias.
+CAMPP_FLOAT_NODES: Sequence[str] = (
+    "head.conv1", "head.layer2.0.conv1", "head.layer2.0.conv2", "head.layer2.0.shortcut.0", "head.layer2.1.conv1",
+    "head.layer2.1.conv2", "head.conv2", "xvector.tdnn.linear", "xvector.transit1.linear", "xvector.transit3.linear",
+)
+CAMPP_PLAN = Plan(
+    "QDQ static; uint8 activations (99.999th percentile ranges), int8 per-channel 7-bit weights; "
+    "the head's first residual stage, every dense layer's 1x1 and 3-tap layers, the second transition; "
+    "MatMul outputs float",
+    ["Conv", "MatMul", "Relu"],
+    lambda graph: (campp_int8_nodes(graph), []),
+    {"OpTypesToExcludeOutputQuantization": ["MatMul"]},
+    front_end="kaldi_fbank",
+)
+PLANS = {"ecapa": ECAPA_PLAN, "campp": CAMPP_PLAN}
+
+
+def plan_for(model: str) -> Plan:
+    if model not in PLANS:
+        raise ModelError(f"no quantisation plan for model {model!r}")
+    return PLANS[model]
+
+
 def quantize_int8(
     fp32_path: Path,
     int8_path: Path,
     calibration_cache: Path,
     calibration_files: Optional[Sequence[Path]] = None,
     progress: Optional[Callable[[int], None]] = None,
-    float_nodes: Sequence[str] = tuple(FLOAT_NODES),
+    model: str = "ecapa",
+    plan: Optional[Plan] = None,
 ) -> None:
     """Write the int8 QDQ model. Ranges come from ``calibration_cache`` when it exists, else are measured
     on ``calibration_files`` and saved there."""
@@ -111,11 +199,15 @@ def quantize_int8(
 
     import onnx
 
+    from ..core.features import front_end
+
+    plan = plan or plan_for(model)
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    float_matmuls = [n.name for n in graph.node if n.op_type == "MatMul" and n.name not in INT8_MATMULS]
+    include, exclude = plan.select(graph)
     reader = None
     if calibration_files is not None:
-        reader = _FeatureReader(iter_calibration_features(calibration_files), progress)
+        features = front_end({"features": '{"type": "%s"}' % plan.front_end})
+        reader = _FeatureReader(iter_calibration_features(calibration_files, front_end=features), progress)
     elif not Path(calibration_cache).exists():
         raise ModelError(f"no calibration ranges at {calibration_cache} and no calibration audio given")
     quantize_static(
@@ -129,7 +221,8 @@ def quantize_int8(
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.Percentile,
-        op_types_to_quantize=QUANTIZED_OPS,
-        nodes_to_exclude=list(float_nodes) + float_matmuls,
-        extra_options={"WeightSymmetric": True, "CalibPercentile": CALIBRATION_PERCENTILE},
+        op_types_to_quantize=list(plan.op_types),
+        nodes_to_quantize=include,
+        nodes_to_exclude=exclude,
+        extra_options={"WeightSymmetric": True, "CalibPercentile": CALIBRATION_PERCENTILE, **plan.extra},
     )

@@ -1,4 +1,4 @@
-"""ECAPA-TDNN embeddings from 16 kHz audio: numpy features + one onnxruntime session made once."""
+"""Speaker embeddings from 16 kHz audio: the model's own numpy front end + one onnxruntime session made once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Dict, Union
 import numpy as np
 
 from ..errors import ModelError
-from .features import normalized_features
+from .features import front_end
 from .blas import limit_blas_threads
 from .memory import tune_malloc
 
@@ -86,22 +86,23 @@ class Embedder:
         if self.sample_rate != 16000:
             raise ModelError(f"{path}: model expects {self.sample_rate} Hz input; only 16 kHz models are supported")
         self._input = self.session.get_inputs()[0].name
+        self.features = front_end(self.metadata)  # each model has the front end it was trained with
 
     @property
     def default_threshold(self) -> float:
         return float(self.metadata["default_threshold"]) if "default_threshold" in self.metadata else float("nan")
 
     def embed_features(self, features: np.ndarray) -> np.ndarray:
-        """Raw (unnormalised) embedding of (frames, 80) normalised features."""
+        """Raw (unnormalised) embedding of (frames, 80) features from ``self.features``."""
         out = self.session.run(None, {self._input: features[None].astype(np.float32, copy=False)})[0]
         return out[0]
 
     def embed(self, samples: np.ndarray) -> np.ndarray:
-        vector = self.embed_features(normalized_features(samples)).astype(np.float32)
+        vector = self.embed_features(self.features(samples)).astype(np.float32)
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0.0:
             raise ModelError("model produced an invalid embedding (zero or non-finite)")
         return vector / norm
 
     def describe(self) -> str:
-        return json.dumps({k: self.metadata.get(k) for k in ("variant", "source_sha256", "default_threshold")})
+        return json.dumps({k: self.metadata.get(k) for k in ("model", "variant", "source_sha256", "default_threshold")})

@@ -8,10 +8,14 @@ range per utterance, then per-utterance mean normalisation (``InputNormalization
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable, Mapping
 
 import numpy as np
+
+from ..errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,30 @@ def normalized_features(samples: np.ndarray, config: FbankConfig = DEFAULT_FBANK
     """The network's input: log-mel minus its per-utterance mean, (frames, n_mels) float32."""
     feats = log_mel(samples, config)
     return feats - feats.mean(axis=0, keepdims=True)
+
+
+FrontEnd = Callable[[np.ndarray], np.ndarray]
+# The "type" a model's "features" metadata names (model_build stamps it) -> its input features.
+FBANK_SPEECHBRAIN = "fbank"  # ECAPA-TDNN: SpeechBrain Fbank, dB, 80 dB floor (this module)
+FBANK_KALDI = "kaldi_fbank"  # CAM++: Kaldi fbank, natural log (core/fbank.py)
+
+
+def _kaldi(samples: np.ndarray) -> np.ndarray:
+    from .fbank import kaldi_fbank
+
+    return kaldi_fbank(samples)
+
+
+def front_end(metadata: Mapping[str, str]) -> FrontEnd:
+    """The feature function a model was trained with, from its "features" metadata. A model built
+    before the metadata named a type gets SpeechBrain's fbank (ECAPA, the only model then)."""
+    raw = metadata.get("features")
+    try:
+        kind = json.loads(raw).get("type", FBANK_SPEECHBRAIN) if raw else FBANK_SPEECHBRAIN
+    except (ValueError, AttributeError) as exc:
+        raise ModelError(f"model metadata 'features' is not a JSON object: {raw!r}") from exc
+    if kind == FBANK_SPEECHBRAIN:
+        return normalized_features
+    if kind == FBANK_KALDI:
+        return _kaldi
+    raise ModelError(f"model needs front end {kind!r}, which this edgeverify does not have")

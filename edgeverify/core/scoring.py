@@ -172,7 +172,12 @@ def _cached_sha256(path: str, mtime_ns: int) -> str:
 
 
 def cohort_file(model_path: Path, variant: str) -> Path:
-    """cohort-<variant>.json next to the model; the int8 cohort serves a model without its own."""
+    """The model's own cohort (model_store.cohort_path: cohort-campp-int8.json beside campp-int8.onnx);
+    for a model file of another name, cohort-<variant>.json, else cohort-int8.json beside it."""
+    from .model_store import MODELS, cohort_path
+
+    if Path(model_path).stem.rpartition("-")[0] in MODELS:
+        return cohort_path(model_path)
     d = Path(model_path).parent
     own = d / f"cohort-{variant}.json"
     return own if own.is_file() else d / "cohort-int8.json"

@@ -1,5 +1,7 @@
-"""Speed and memory figures: per-clip latency, real-time factor, load time, peak RSS, model size, and the
-same run's int8 floor (one big int8 conv timed here) so that figures from different CPUs compare as ratios."""
+"""Speed and memory figures for every built model (CAM++ and ECAPA, int8 and fp32): per-clip latency,
+real-time factor, load time, peak RSS, model size, and each model's same-run floor (its MACs at the rate of
+one big int8 conv timed here), so that figures from different CPUs compare as ratios. Goals are checked on
+the default model in the same run."""
 
 from __future__ import annotations
 
@@ -19,16 +21,72 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.audio import TARGET_RATE
+from ..core import model_store
 from ..core.embedder import Embedder, resolve_threads
-from ..core.model_store import resolve_model
+from ..errors import ModelError
 
-FLOOR_FRAMES = 300  # a 3 s clip's frame count, where the floor conv and ECAPA's MACs are counted
+FLOOR_FRAMES = 300  # a 3 s clip's frame count (10 ms hop), where the floor conv and the models' MACs are counted
 SPEECHBRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "tests" / "bench_speechbrain.py"
+ARCHITECTURES = ("campp", "ecapa")
+PRECISIONS = ("int8", "fp32")
+DEFAULT_MODELS = tuple(f"{arch}-{precision}" for arch in ARCHITECTURES for precision in PRECISIONS)
+
+# Goals, same run, 3 s clip, 1 thread unless said (issue "CAM++ as the default model")
+GOAL_OVER_SPEECHBRAIN = 8.0  # the default model's speed over SpeechBrain's torch ECAPA pipeline
+GOAL_OVER_ECAPA_INT8 = 1.5  # the default model's speed over our ECAPA int8
+GOAL_VERIFY_10S_MB = 120.0  # peak RSS of `verify` on two 10 s clips
+GOAL_DAEMON_BUSY_MB = 130.0  # peak RSS of a daemon-shaped process serving a 10 s request
+
+
+def default_architecture() -> str:
+    """The model `model:` runs when not set (core.model_store.DEFAULT_MODEL; ECAPA where an older store
+    does not say, as it was the only model)."""
+    return str(getattr(model_store, "DEFAULT_MODEL", "ecapa"))
+
+
+DEFAULT_PRECISION = str(getattr(model_store, "DEFAULT_PRECISION", "int8"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to time: architecture + precision (or a file given by path), and where it is, if built."""
+
+    name: str  # "campp-int8", or the path given
+    arch: str  # "campp", "ecapa", or "file"
+    precision: str  # "int8", "fp32", or "" for a file
+    path: Optional[Path]
+    missing: str = ""  # why path is None
+
+    @property
+    def is_default(self) -> bool:
+        return self.arch == default_architecture() and self.precision == DEFAULT_PRECISION
+
+
+def find_model(name: str) -> ModelSpec:
+    """"campp-int8" / "ecapa-fp32" (the built files of those names in core.model_store's model folders),
+    "int8"/"fp32" (the default model in that precision, as everywhere in the CLI), or a path to an .onnx file."""
+    if name in PRECISIONS:
+        name = f"{default_architecture()}-{name}"
+    arch, _, precision = name.partition("-")
+    if arch in ARCHITECTURES and precision in PRECISIONS:
+        file_name = f"{name}.onnx"
+        for directory in model_store.model_dirs():
+            if (directory / file_name).is_file():
+                return ModelSpec(name, arch, precision, directory / file_name)
+        where = ", ".join(str(d) for d in model_store.model_dirs())
+        return ModelSpec(name, arch, precision, None, f"not built: no {file_name} in {where} (edgeverify model build)")
+    path = Path(name)
+    if path.suffix == ".onnx":
+        return ModelSpec(name, "file", "", path if path.is_file() else None, "" if path.is_file() else f"no such file {path}")
+    raise ModelError(f"unknown model {name!r}: use {', '.join(DEFAULT_MODELS)} or a path to an .onnx file")
 
 
 @dataclass
 class BenchRow:
-    model: str
+    model: str  # architecture: campp / ecapa / file
+    precision: str
+    default: bool
+    name: str
     clip_s: float
     threads: int
     median_ms: float
@@ -62,6 +120,21 @@ def time_embedder(embedder: Embedder, seconds: float, runs: int) -> Tuple[List[f
     return wall, cpu
 
 
+def features_cpu_ms(embedder: Embedder, seconds: float, runs: int) -> Optional[float]:
+    """CPU milliseconds of the model's own front end alone (part of every embed), median of ``runs``."""
+    features = getattr(embedder, "features", None)  # the model's front end, where the embedder exposes it
+    if features is None:
+        return None
+    samples = _test_signal(seconds)
+    features(samples)
+    cpu = []
+    for _ in range(runs):
+        started = time.thread_time()
+        features(samples)
+        cpu.append(1000.0 * (time.thread_time() - started))
+    return round(statistics.median(cpu), 3)
+
+
 def load_time_ms(path: Path, threads: int = 1, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -74,8 +147,9 @@ def load_time_ms(path: Path, threads: int = 1, repeats: int = 3) -> float:
 _PEAK_RSS = "int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024"
 
 
-def verify_peak_rss_mb(model: str, seconds: float = 3.0) -> Optional[float]:
-    """Peak RSS (VmHWM) of a real `edgeverify verify` run on two clips of ``seconds``. Read in the child:
+def verify_peak_rss_mb(model: str, seconds: float = 3.0, score: Optional[str] = None) -> Optional[float]:
+    """Peak RSS (VmHWM) of a real `edgeverify verify --model MODEL` run on two clips of ``seconds`` (MODEL: a
+    name the CLI knows or a path to the .onnx). Read in the child:
     ru_maxrss of a child keeps the forking parent's peak across exec, so it would report this bench's own size."""
     import soundfile as sf
 
@@ -89,13 +163,14 @@ def verify_peak_rss_mb(model: str, seconds: float = 3.0) -> Optional[float]:
             "import sys\nfrom edgeverify.__main__ import main\n"
             f"code = main(sys.argv[1:])\nprint('PEAK', {_PEAK_RSS}, file=sys.stderr)\nsys.exit(code)\n"
         )
-        cmd = [sys.executable, "-c", script, "verify", *clips, "--model", model, "--vad", "off", "--json"]
+        cmd = [sys.executable, "-c", script, "verify", *clips, "--model", model, "--vad", "off", "--json",
+               *(["--score", score] if score else [])]
         done = subprocess.run(cmd, capture_output=True, text=True)
         peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK ")]
         return float(peaks[-1]) if done.returncode == 0 and peaks else None
 
 
-def service_rss_mb(model: str, seconds: float = 10.0) -> Optional[Dict[str, float]]:
+def service_rss_mb(model: str, seconds: float = 10.0, score: str = "calibrated") -> Optional[Dict[str, float]]:
     """RSS of a process shaped like the daemon: its imports (MQTT client included) and the verifier loaded
     (idle), then one request of ``seconds`` read from a WAV file (busy peak, and RSS after it). No broker."""
     import soundfile as sf
@@ -107,7 +182,7 @@ def service_rss_mb(model: str, seconds: float = 10.0) -> Optional[Dict[str, floa
         "from edgeverify.core.verifier import Verifier\n"
         "def rss():\n"
         "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) / 1024\n"
-        "v = Verifier.load(sys.argv[1]); v.warm_up(); idle = rss()\n"
+        "v = Verifier.load(sys.argv[1], score_mode=sys.argv[3]); v.warm_up(); idle = rss()\n"
         "v.embed(read_audio(sys.argv[2]))\n"
         f"print(json.dumps({{'idle_mb': round(idle, 1), 'busy_peak_mb': round({_PEAK_RSS}, 1),"
         " 'after_request_mb': round(rss(), 1)}))\n"
@@ -115,7 +190,7 @@ def service_rss_mb(model: str, seconds: float = 10.0) -> Optional[Dict[str, floa
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.wav"
         sf.write(clip, _test_signal(seconds), TARGET_RATE, subtype="PCM_16")
-        done = subprocess.run([sys.executable, "-c", script, model, str(clip)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", script, model, str(clip), score], capture_output=True, text=True)
     if done.returncode != 0:
         return None
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "request_s": seconds}
@@ -149,7 +224,8 @@ def cpu_int8_features() -> Dict[str, object]:
 
 def count_macs(model_path: Path, frames: int = FLOOR_FRAMES) -> int:
     """Multiply-accumulates of one forward pass at ``frames`` frames, counted from the ONNX graph's Conv and
-    MatMul output shapes (shape inference with the input's length fixed)."""
+    MatMul shapes: by shape inference with the input's length fixed, or, where that cannot resolve a shape
+    (sizes computed from the input at run time, QDQ weights), from one real run with those tensors exposed."""
     import onnx
     from onnx import shape_inference
 
@@ -160,15 +236,38 @@ def count_macs(model_path: Path, frames: int = FLOOR_FRAMES) -> int:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*inferred.value_info, *inferred.output)}
     shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
     shapes[model.graph.input[0].name] = [1, frames, dims[2].dim_value]
+    counted = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul")]
+    needed = {name for n in counted for name in (n.input[0], n.input[1], n.output[0])}
+    if any(not shapes.get(name) or 0 in shapes[name] for name in needed):
+        shapes.update(_run_shapes(model, needed, frames, dims[2].dim_value))
     total = 0
-    for node in model.graph.node:
-        out = shapes.get(node.output[0])
-        if node.op_type == "Conv" and out:
-            weight = shapes[node.input[1]]
-            total += int(np.prod(out)) * int(np.prod(weight[1:]))
-        elif node.op_type == "MatMul" and out:
+    for node in counted:
+        out = shapes[node.output[0]]
+        if node.op_type == "Conv":
+            total += int(np.prod(out)) * int(np.prod(shapes[node.input[1]][1:]))
+        else:
             total += int(np.prod(out)) * int(shapes[node.input[0]][-1])
     return total
+
+
+def _run_shapes(model, names: set, frames: int, feat_dim: int) -> Dict[str, List[int]]:
+    """Shapes of ``names`` from one onnxruntime run of ``model`` (no graph optimisation, so every node stays)
+    on a (1, frames, feat_dim) input."""
+    import onnx
+    import onnxruntime as ort
+
+    graph_names = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    exposed = sorted(names - graph_names)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in exposed)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    features = np.random.default_rng(0).standard_normal((1, frames, feat_dim)).astype(np.float32)
+    results = session.run(None, {model.graph.input[0].name: features})
+    outputs = [o.name for o in session.get_outputs()]
+    return {name: list(np.shape(value)) for name, value in zip(outputs, results)}
 
 
 def int8_floor(runs: int = 15, frames: int = FLOOR_FRAMES, channels: int = 1024, kernel: int = 3) -> Dict[str, float]:
@@ -235,8 +334,17 @@ def speechbrain_bench(python: str, checkpoint: Path, clips: Sequence[float], run
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _one(rows: List[BenchRow], name: str, seconds: float, threads: int = 1) -> Optional[BenchRow]:
+    return next((r for r in rows if r.name == name and r.clip_s == seconds and r.threads == threads), None)
+
+
+def _goal(value: Optional[float], limit: float, at_least: bool, what: str) -> Dict[str, object]:
+    met = None if value is None else (value >= limit if at_least else value <= limit)
+    return {"what": what, "value": value, "goal": (">= " if at_least else "<= ") + f"{limit:g}", "met": met}
+
+
 def run_bench(
-    models: Sequence[str] = ("int8", "fp32"),
+    models: Sequence[str] = DEFAULT_MODELS,
     clips: Sequence[float] = (3.0, 10.0),
     threads: Sequence[int] = (1, 2, 4),
     runs: int = 15,
@@ -244,22 +352,36 @@ def run_bench(
     speechbrain_python: Optional[str] = None,
     checkpoint: Optional[Path] = None,
 ) -> Dict:
+    """Time every built model of ``models`` (a model that is not built is listed under "skipped" with why),
+    then the same run's int8 floor, each model's floor and the goals on the default model."""
+    load_before = os.getloadavg()  # others' work on the machine moves wall times (CPU times much less)
+    specs = [find_model(m) for m in models]
+    skipped = [{"name": s.name, "reason": s.missing} for s in specs if s.path is None]
+    specs = [s for s in specs if s.path is not None]
     rows: List[BenchRow] = []
     per_model: Dict[str, Dict] = {}
-    for model in models:
-        path = resolve_model(model)
-        per_model[model] = {
+    for spec in specs:
+        path = spec.path
+        per_model[spec.name] = {
+            "model": spec.arch,
+            "precision": spec.precision,
+            "default": spec.is_default,
             "path": str(path),
             "file_mb": round(path.stat().st_size / 1e6, 2),
             "load_ms": round(load_time_ms(path), 1),
         }
         for n_threads in threads:
             embedder = Embedder(path, n_threads)
+            if "features_cpu_ms_3s" not in per_model[spec.name]:
+                per_model[spec.name]["features_cpu_ms_3s"] = features_cpu_ms(embedder, 3.0, runs)
             for seconds in clips:
                 wall, cpu = time_embedder(embedder, seconds, runs if seconds <= 3 else max(5, runs // 3))
                 median = statistics.median(wall)
                 rows.append(BenchRow(
-                    model=model,
+                    model=spec.arch,
+                    precision=spec.precision,
+                    default=spec.is_default,
+                    name=spec.name,
                     clip_s=seconds,
                     threads=n_threads,
                     median_ms=round(median, 2),
@@ -271,51 +393,108 @@ def run_bench(
                 ))
             del embedder
         if measure_rss:
+            parse = getattr(model_store, "parse_model", None)  # the CLI's own names where it has them
+            cli_name = spec.name if parse is not None and spec.arch in ARCHITECTURES and parse(spec.name) else str(path)
+            # calibrated scoring, as users run it; cosine where this model has no cohort built yet (said so)
+            score = "calibrated" if verify_peak_rss_mb(cli_name, 3.0) is not None else "cosine"
+            per_model[spec.name]["rss_scoring"] = score
             for seconds, key in ((3.0, "verify_peak_rss_mb"), (10.0, "verify_peak_rss_mb_10s")):
-                rss = verify_peak_rss_mb(model, seconds)
-                per_model[model][key] = round(rss, 1) if rss is not None else None
-            per_model[model]["service_rss"] = service_rss_mb(model)
-            per_model[model]["service_rss_20s"] = service_rss_mb(model, 20.0)  # the longest speech embedded
+                rss = verify_peak_rss_mb(cli_name, seconds, score)
+                per_model[spec.name][key] = round(rss, 1) if rss is not None else None
+            per_model[spec.name]["service_rss"] = service_rss_mb(str(path), 10.0, score)
+            per_model[spec.name]["service_rss_20s"] = service_rss_mb(str(path), 20.0, score)  # the longest speech embedded
     result: Dict = {
         "rows": [asdict(r) for r in rows],
         "models": per_model,
+        "skipped": skipped,
+        "default_model": f"{default_architecture()}-{DEFAULT_PRECISION}",
         "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "cpu": _cpu_name(),
         "cpu_int8": cpu_int8_features(),
         "threads_auto": resolve_threads("auto"),  # what `threads: auto` (the default) runs with here
     }
     result["floor"] = floor = int8_floor(runs)
-    fp32_path = resolve_model("fp32") if "fp32" in models else None
-    if fp32_path is not None:
-        macs = count_macs(fp32_path)
-        floor["ecapa_gmac_3s"] = round(macs / 1e9, 3)
-        floor["floor_ms_3s"] = round(macs / floor["gmac_per_s"] / 1e6, 2)
-    one = {(r.model, r.clip_s): r for r in rows if r.threads == 1}
     ratios: Dict[str, float] = {}
-    for seconds in clips:
-        if ("int8", seconds) in one and ("fp32", seconds) in one:
-            ratios[f"fp32_over_int8_{seconds:g}s"] = round(one[("fp32", seconds)].cpu_median_ms / one[("int8", seconds)].cpu_median_ms, 2)
-    if ("int8", 3.0) in one and "floor_ms_3s" in floor:
-        ratios["int8_over_floor_3s"] = round(one[("int8", 3.0)].cpu_median_ms / floor["floor_ms_3s"], 2)
-    if ("int8", 3.0) in one and ("int8", 10.0) in one:
-        ratios["int8_10s_over_3s"] = round(one[("int8", 10.0)].cpu_median_ms / one[("int8", 3.0)].cpu_median_ms, 2)
+    macs_by_arch: Dict[str, int] = {}
+    for spec in specs:  # MACs from the fp32 graph where built (plain shapes), else from the model itself
+        if spec.arch not in macs_by_arch:
+            fp32 = find_model(f"{spec.arch}-fp32") if spec.arch in ARCHITECTURES else spec
+            macs_by_arch[spec.arch] = count_macs(fp32.path if fp32.path is not None else spec.path)
+        macs = macs_by_arch[spec.arch]
+        info = per_model[spec.name]
+        info["gmac_3s"] = round(macs / 1e9, 3)
+        info["floor_ms_3s"] = round(macs / floor["gmac_per_s"] / 1e6, 2)
+        row = _one(rows, spec.name, 3.0)
+        if row is not None and row.cpu_median_ms:
+            ratios[f"{spec.name}_over_floor_3s"] = round(row.cpu_median_ms / info["floor_ms_3s"], 2)
+            ten = _one(rows, spec.name, 10.0)
+            if ten is not None and ten.cpu_median_ms:
+                ratios[f"{spec.name}_10s_over_3s"] = round(ten.cpu_median_ms / row.cpu_median_ms, 2)
+    for arch in ARCHITECTURES:
+        for seconds in clips:
+            fp32, int8 = _one(rows, f"{arch}-fp32", seconds), _one(rows, f"{arch}-int8", seconds)
+            if fp32 is not None and int8 is not None:
+                ratios[f"{arch}_fp32_over_int8_{seconds:g}s"] = round(fp32.cpu_median_ms / int8.cpu_median_ms, 2)
     if speechbrain_python:
         from ..build.model_build import CHECKPOINT_NAME
 
-        ckpt = Path(checkpoint) if checkpoint else resolve_model("int8").parent / ".cache" / CHECKPOINT_NAME
+        ecapa_fp32 = find_model("ecapa-fp32").path
+        built = find_model("ecapa-int8").path or ecapa_fp32
+        ckpt = Path(checkpoint) if checkpoint else (built.parent if built else model_store.REPO_MODELS) / ".cache" / CHECKPOINT_NAME
         sb = speechbrain_bench(speechbrain_python, ckpt, clips, runs)
         result["speechbrain"] = sb
         for row in sb.get("rows", []):
-            ours = one.get(("int8", row["clip_s"]))
-            if ours is not None:
-                ratios[f"speechbrain_over_int8_{row['clip_s']:g}s"] = round(row["cpu_median_ms"] / ours.cpu_median_ms, 2)
-        if sb.get("embedding_first_clip") and fp32_path is not None:
+            for spec in specs:
+                ours = _one(rows, spec.name, row["clip_s"])
+                if ours is not None and spec.precision == "int8":
+                    ratios[f"speechbrain_over_{spec.name}_{row['clip_s']:g}s"] = round(row["cpu_median_ms"] / ours.cpu_median_ms, 2)
+        if sb.get("embedding_first_clip") and ecapa_fp32 is not None:
             theirs = np.asarray(sb["embedding_first_clip"], dtype=np.float32)
-            mine = Embedder(fp32_path).embed(_test_signal(clips[0]))
+            mine = Embedder(ecapa_fp32).embed(_test_signal(clips[0]))
             result["speechbrain"]["cosine_to_our_fp32"] = round(float(mine @ theirs / np.linalg.norm(theirs)), 6)
         result["speechbrain"].pop("embedding_first_clip", None)
     result["ratios"] = ratios
+    result["goals"] = goals(result, rows)
+    result["loadavg_1min"] = {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
     return result
+
+
+def goals(result: Dict, rows: List[BenchRow]) -> Dict[str, Dict[str, Dict[str, object]]]:
+    """Each int8 model of this run (the default and the candidates for it) against the goals of the default
+    model, from this run's figures (value None: not measured in this run). Keyed by model name."""
+    out: Dict[str, Dict[str, Dict[str, object]]] = {}
+    names = [n for n in result["models"] if n.endswith("-int8")] or [result["default_model"]]
+    if result["default_model"] not in names and result["default_model"] in result["models"]:
+        names.insert(0, result["default_model"])
+    for name in names:
+        out[name] = _goals_of(name, result, rows)
+    return out
+
+
+def _goals_of(name: str, result: Dict, rows: List[BenchRow]) -> Dict[str, object]:
+    info = result["models"].get(name, {})
+    one_3s = _one(rows, name, 3.0)
+    ecapa_3s = _one(rows, "ecapa-int8", 3.0)
+    two = _one(rows, name, 3.0, threads=2)
+    sb = next((r for r in result.get("speechbrain", {}).get("rows", []) if r["clip_s"] == 3.0 and r["threads"] == 1), None)
+    cpu = one_3s.cpu_median_ms if one_3s is not None else None
+    service = info.get("service_rss") or {}
+    return {
+        "default": name == result["default_model"],
+        "over_speechbrain_3s": _goal(
+            round(sb["cpu_median_ms"] / cpu, 2) if sb and cpu else None, GOAL_OVER_SPEECHBRAIN, True,
+            f"SpeechBrain torch CPU ms / {name} CPU ms, 3 s clip, 1 thread"),
+        "over_ecapa_int8_3s": _goal(
+            round(ecapa_3s.cpu_median_ms / cpu, 2) if ecapa_3s is not None and cpu and name != "ecapa-int8" else None,
+            GOAL_OVER_ECAPA_INT8, True, f"ecapa-int8 CPU ms / {name} CPU ms, 3 s clip, 1 thread"),
+        "two_threads_3s": _goal(
+            round(one_3s.median_ms / two.median_ms, 2) if one_3s is not None and two is not None else None,
+            1.0, True, f"{name} wall ms at 1 thread / at 2 threads, 3 s clip (2 threads must pay; needs 2 idle cores)"),
+        "verify_two_10s_peak_mb": _goal(info.get("verify_peak_rss_mb_10s"), GOAL_VERIFY_10S_MB, False,
+                                        f"peak RSS of `verify` on two 10 s clips, {name}"),
+        "daemon_busy_peak_mb": _goal(service.get("busy_peak_mb"), GOAL_DAEMON_BUSY_MB, False,
+                                     f"peak RSS of a daemon-shaped process during a 10 s request, {name}"),
+    }
 
 
 def _cpu_name() -> str:

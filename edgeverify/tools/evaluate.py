@@ -14,6 +14,7 @@ from ..core.audio import read_audio
 from ..errors import AudioError, EdgeVerifyError
 from ..core.metrics import cllr, compute_eer, error_rates, min_cllr, min_dcf
 from ..core.scoring import Side
+from ..core.trials import read_trials  # noqa: F401  (re-exported: `edgeverify eval` and tests read it here)
 from ..core.verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -45,21 +46,6 @@ class EvalResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def read_trials(path: Path) -> List[Tuple[int, str, str]]:
-    trials = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3 or parts[0] not in ("0", "1"):
-                raise EdgeVerifyError(f"{path}:{number}: expected '<0|1> <file> <file>', got {line.strip()!r}")
-            trials.append((int(parts[0]), parts[1], parts[2]))
-    if not trials:
-        raise EdgeVerifyError(f"{path}: no trials")
-    return trials
 
 
 Prepared = Tuple[np.ndarray, Optional[Side]]

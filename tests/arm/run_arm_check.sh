@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Prove edgeverify on the Raspberry Pi's CPU family (issue 5): run the package under an emulated arm64
 # Python for a Cortex-A72 (Pi 4, no int8 dot product) and a Cortex-A76 (Pi 5, SDOT/UDOT), and compare
-# imports, int8/fp32 embeddings, decisions and the CLI with x86 (tests/arm/arm_check.py does the work).
+# imports, int8/fp32 embeddings of ECAPA and CAM++, decisions and the CLI with x86 (tests/arm/arm_check.py does
+# the work), after building the models on the emulated A72 and comparing them byte for byte with x86's.
 #
-#   tests/arm/run_arm_check.sh            called by .ci/run after the main tests (about 3-5 min)
+#   tests/arm/run_arm_check.sh            called by .ci/run after the main tests (about 4-6 min; CAM++ adds ~45 s of emulated build and two short clips per CPU)
 #
 # Environment:
 #   ARM_PYTHON_DIR     where the arm64 Python is set up and cached (default: .cache/arm-python)
@@ -83,30 +84,49 @@ stamp "installed $(basename "$WHEEL")[build] with its aarch64 wheels into $INST/
 # --- build on the board: the models a Pi builds itself (install.sh step 4) must be the x86 files ------------
 CKPT=models/.cache/embedding_model.ckpt
 [ -f "$CKPT" ] || { echo "run_arm_check.sh: $CKPT missing (./install.sh --dev downloads it)" >&2; exit 1; }
-cp models/manifest.json models/calibration.json "$INST/models/"
+# the committed model data (manifests, calibration ranges) as the board has it, and the x86 build's download
+# cache (every model's checkpoint, checked by sha256 there) copied, so the A72 build reads the same bytes
+# and downloads nothing
+git ls-files -z 'models/*.json' | xargs -0 -I{} cp {} "$INST/models/"
+mkdir -p "$INST/models/.cache"
+for f in models/.cache/*; do if [ -f "$f" ]; then cp "$f" "$INST/models/.cache/"; fi; done
+# CAM++: checked where this checkout built it (./install.sh --dev, `edgeverify model build`)
+CAMPP=0
+if [ -f models/campp-int8.onnx ] && [ -f models/campp-fp32.onnx ]; then
+    CAMPP=1
+elif "$PY" -c 'import sys; from edgeverify.core import model_store as m; sys.exit("campp" not in getattr(m, "MODELS", {}))'; then
+    echo "run_arm_check.sh: this edgeverify knows CAM++ but models/campp-int8.onnx / campp-fp32.onnx are not built" >&2
+    exit 1
+else
+    stamp "CAM++ is not a model of this edgeverify: CAM++ ARM checks SKIPPED"
+fi
 if ! (cd "$INST" && export EDGEVERIFY_MODEL_DIR="$INST/models" \
         && ./python-cortex-a72 -m edgeverify --version \
         && ./python-cortex-a72 -c 'import edgeverify, sys; sys.exit(not edgeverify.__file__.startswith(sys.argv[1]))' "$INST/site" \
-        && ./python-cortex-a72 -m edgeverify model build --checkpoint "$REPO/$CKPT" --out "$INST/models") \
+        && ./python-cortex-a72 -m edgeverify model build --out "$INST/models") \
         > "$INST/build.log" 2>&1; then
     tail -20 "$INST/build.log" >&2
     echo "run_arm_check.sh: the installed package failed under the emulated A72 (log: $INST/build.log)" >&2
     exit 1
 fi
 grep -m1 "^edgeverify " "$INST/build.log" | sed 's/^/  installed and runs: /'
-for m in int8 fp32; do
-    x86=$(sha256sum "models/ecapa-$m.onnx" | cut -d' ' -f1)
-    arm=$(sha256sum "$INST/models/ecapa-$m.onnx" | cut -d' ' -f1)
-    printf '  ecapa-%s.onnx sha256: x86 build %s..., A72 build %s... %s\n' "$m" "${x86:0:16}" "${arm:0:16}" \
+BUILT="ecapa-int8 ecapa-fp32"
+[ "$CAMPP" = 1 ] && BUILT="$BUILT campp-int8 campp-fp32"
+for m in $BUILT; do
+    [ -f "$INST/models/$m.onnx" ] || { echo "run_arm_check.sh: the A72 build made no $m.onnx (log: $INST/build.log)" >&2; exit 1; }
+    x86=$(sha256sum "models/$m.onnx" | cut -d' ' -f1)
+    arm=$(sha256sum "$INST/models/$m.onnx" | cut -d' ' -f1)
+    printf '  %s.onnx sha256: x86 build %s..., A72 build %s... %s\n' "$m" "${x86:0:16}" "${arm:0:16}" \
         "$([ "$x86" = "$arm" ] && echo identical || echo DIFFERENT)"
-    [ "$x86" = "$arm" ] || { echo "run_arm_check.sh: ecapa-$m.onnx built under the A72 differs from x86's" >&2; exit 1; }
+    [ "$x86" = "$arm" ] || { echo "run_arm_check.sh: $m.onnx built under the A72 differs from x86's" >&2; exit 1; }
 done
-stamp "model build under the emulated A72 (installed package, not the checkout) is byte-identical to x86's"
+stamp "model build under the emulated A72 (installed package, not the checkout) is byte-identical to x86's ($BUILT)"
 
 stamp "running tests/arm/arm_check.py (x86 vs emulated Cortex-A72 and Cortex-A76)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 set +e
-"$PY" tests/arm/arm_check.py drive --jobs "${ARM_CHECK_JOBS:-2}" \
+CAMPP_ARGS=(); [ "$CAMPP" = 1 ] && CAMPP_ARGS=(--require-campp)
+"$PY" tests/arm/arm_check.py drive --jobs "${ARM_CHECK_JOBS:-2}" "${CAMPP_ARGS[@]}" \
     --arm "A72=$ARM_DIR/python-cortex-a72" --arm "A76=$ARM_DIR/python-cortex-a76"
 rc=$?
 set -e
