@@ -1,3 +1,3 @@
 """edgeverify: on-device speaker verification (ECAPA-TDNN, int8 ONNX, MQTT, systemd)."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"

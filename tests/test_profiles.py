@@ -290,3 +290,22 @@ def test_a_forgotten_profile_is_not_scored_by_a_reader_that_was_mid_way(tmp_path
     forgetter.join(10)
     assert not store.path("bob").exists() and seen_by_worker == [["alice"]]
     assert sorted(store.sides(scorer)) == ["alice"]  # the next request must not score bob
+
+
+def test_the_enrollment_floor_is_the_models_own(tmp_path: Path) -> None:
+    """Clips that agree only as much as two different speakers do under CAM++ (cosine ~0.3 to the others'
+    mean) pass ECAPA's floor (0.2) but are refused for a CAM++ profile (0.42); an explicit floor wins."""
+    from edgeverify.core.model_identity import ModelIdentity
+    from edgeverify.store.profiles import MIN_CONSISTENCY_BY_MODEL, ProfileStore
+
+    rng = np.random.default_rng(7)
+    common = rng.standard_normal(192)
+    clips = [common + 1.6 * rng.standard_normal(192) for _ in range(3)]
+    unit = [c / np.linalg.norm(c) for c in clips]
+    agree = min(float(u @ ((sum(unit) - u) / np.linalg.norm(sum(unit) - u))) for u in unit)
+    assert MIN_CONSISTENCY_BY_MODEL["ecapa"] < agree < MIN_CONSISTENCY_BY_MODEL["campp"], agree
+    store = ProfileStore(tmp_path)
+    store.enroll("ann", clips, model=ModelIdentity("ecapa", "int8", None))
+    with pytest.raises(ProfileError, match="< 0.42"):
+        store.enroll("bea", clips, model=ModelIdentity("campp", "int8", None))
+    ProfileStore(tmp_path, min_consistency=0.1).enroll("bea", clips, model=ModelIdentity("campp", "int8", None))

@@ -31,7 +31,7 @@ Exact rewrites (same function, fewer or cheaper ops; the float rounding differs 
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 

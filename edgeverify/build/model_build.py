@@ -50,6 +50,10 @@ class Recipe:
         return load_manifest(self.name)
 
 
+# Frozen, not the package version: the model files' bytes -- and with them their sha256, which the shipped
+# cohorts and every enrolled profile record -- must not change when only the package version does.
+MODEL_PRODUCER = "edgeverify 0.1.0"
+
 def _emit_ecapa(state, metadata):
     from .ecapa_graph import build_ecapa_model
 
@@ -222,7 +226,7 @@ def build_model(
     _say(f"  {len(state)} tensors, sha256 {digest[:16]}...")
 
     base_meta = {
-        "producer": f"edgeverify {__version__}",
+        "producer": MODEL_PRODUCER,
         "model": name,
         "architecture": manifest.get("architecture", "ECAPA-TDNN (SpeechBrain spkrec-ecapa-voxceleb layout)"),
         "sample_rate": 16000,
@@ -248,9 +252,10 @@ def build_model(
         files = pick_calibration_files(Path(calibration_audio))
         cache.unlink(missing_ok=True)
         _say(f"  calibrating on {len(files)} files from {calibration_audio}")
-        progress: Optional[Callable[[int], None]] = lambda n: _say(f"  calibration clip {n}/{len(files)}")
+        def progress(n: int) -> None:
+            _say(f"  calibration clip {n}/{len(files)}")
     else:
-        files, progress = None, None
+        files, progress = None, None  # type: ignore[assignment]
         shipped = _find_data_file(manifest["calibration"], out_dir)
         if shipped is None:
             raise ModelError(f"no shipped calibration ranges (models/{manifest['calibration']}); pass --calibration-audio DIR")

@@ -50,11 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def open_config_and_store(args: argparse.Namespace) -> tuple[Any, Any]:
     """The config (optional file) and the profile store that --config/--state-dir name."""
     from ..store.config import load_config
-    from ..store.profiles import MIN_CONSISTENCY, ProfileStore
+    from ..store.profiles import ProfileStore
 
     config = load_config(args.config, missing_ok=True)
     floor = getattr(args, "min_consistency", None)
-    store = ProfileStore(args.state_dir or config.state_dir, MIN_CONSISTENCY if floor is None else floor)
+    store = ProfileStore(args.state_dir or config.state_dir, floor)  # None: the model's own floor
     return config, store
 
 

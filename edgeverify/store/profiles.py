@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 CLIP_LEVEL = 0.99  # |x| at or above this counts as a clipped sample
 MAX_CLIPPED_FRACTION = 0.01  # more clipped samples than this: the clip is refused
 MIN_CONSISTENCY = 0.2  # cosine of a clip to the mean of the others below this: refused (wrong speaker/clip)
+# The floor depends on the model: CAM++ embeddings follow a ReLU, so even two different speakers' cosines
+# are positive and higher (another speaker's clip: ~0.3 with CAM++, ~0.04 with ECAPA). Each floor sits
+# where 0.2 sits for ECAPA: above most different-speaker pairs, below nearly all same-speaker ones.
+MIN_CONSISTENCY_BY_MODEL = {"ecapa": MIN_CONSISTENCY, "campp": 0.42}
 RECOMMENDED_CLIPS = 3
 
 
@@ -138,9 +142,11 @@ def _read_cohort(doc: object) -> Optional[dict]:
 class ProfileStore:
     """Profiles under <state_dir>/profiles/<name>.json; re-read when the directory changes on disk."""
 
-    def __init__(self, state_dir: str | os.PathLike, min_consistency: float = MIN_CONSISTENCY) -> None:
+    def __init__(self, state_dir: str | os.PathLike, min_consistency: Optional[float] = None) -> None:
+        """min_consistency: the enrollment floor for every model; None: each model's own
+        (MIN_CONSISTENCY_BY_MODEL)."""
         self.dir = Path(state_dir) / "profiles"
-        self.min_consistency = float(min_consistency)
+        self.min_consistency = None if min_consistency is None else float(min_consistency)
         self._cache: dict[str, Profile] = {}
         self._stamp: Optional[int] = None
         self._sides: dict = {}
@@ -186,16 +192,20 @@ class ProfileStore:
             raise ProfileError("enrollment needs at least 1 clip (3 recommended)")
         names = list(clip_names) if clip_names is not None else [f"clip {i + 1}" for i in range(len(embeddings))]
         vecs = np.stack([_normalise(e) for e in embeddings])
+        identity = model if isinstance(model, ModelIdentity) else from_record(model)
+        floor = self.min_consistency
+        if floor is None:
+            floor = MIN_CONSISTENCY_BY_MODEL.get(identity.name, MIN_CONSISTENCY)
         if len(vecs) > 1:
             total = vecs.sum(axis=0)
             scores = [float(np.dot(v, _normalise(total - v))) for v in vecs]
             worst = int(np.argmin(scores))
-            if scores[worst] < self.min_consistency:
+            if scores[worst] < floor:
                 which = f"{names[0]} and {names[1]} do not match each other" if len(vecs) == 2 else (
                     f"{names[worst]} does not match the other clips"
                 )
                 raise ProfileError(
-                    f"{which} (cosine {scores[worst]:.3f} < {self.min_consistency:.2f}); "
+                    f"{which} (cosine {scores[worst]:.3f} < {floor:.2f}); "
                     "are they all the same speaker, and mostly speech?"
                 )
         mean = _normalise(vecs.mean(axis=0))
@@ -206,7 +216,7 @@ class ProfileStore:
             embedding=mean,
             clips=len(vecs),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            model=model if isinstance(model, ModelIdentity) else from_record(model),
+            model=identity,
             speech_s=clip_s,
             band=band,
             cohort=_cohort_stats(scorer, mean, clip_s, band, vecs),
