@@ -78,7 +78,9 @@ def test_the_tv_is_mixed_at_the_stated_snr(synth) -> None:  # noqa: ANN001
     assert level == pytest.approx(gate.OUTPUT_DBFS, abs=1.0)
 
 
-def test_profiles_are_scored_as_the_profile_store_scores_them(int8_verifier, speech_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_profiles_are_scored_as_the_profile_store_scores_them(
+    int8_verifier, speech_dir: Path, tmp_path: Path  # noqa: ANN001
+) -> None:
     v = int8_verifier
     files = gate.speaker_files(speech_dir / "dev")
     people = sorted(s for s, f in files.items() if s.startswith("so762") and len(f) >= 6)[:2]

@@ -42,7 +42,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.audio import TARGET_RATE, audio_from_array, read_audio
-from ..core.scoring import Scorer
+from ..core.scoring import Scorer, check_target_far
 from ..core.vad import speech_segments
 from ..core.verifier import EMBEDDING_VAD, Verifier
 from ..errors import AudioError
@@ -288,8 +288,9 @@ class Tally:
         self.wrong_name[point] = self.wrong_name.get(point, 0) + int(wrong)
 
     def to_dict(self) -> dict:
-        return {"trials": self.trials, "hits": self.hits, "wrong_name": self.wrong_name, "vad_refused": self.vad_refused,
-                "percent": {p: round(100.0 * h / self.trials, 2) if self.trials else None for p, h in self.hits.items()}}
+        percent = {p: round(100.0 * h / self.trials, 2) if self.trials else None for p, h in self.hits.items()}
+        return {"trials": self.trials, "hits": self.hits, "wrong_name": self.wrong_name,
+                "vad_refused": self.vad_refused, "percent": percent}
 
 
 def measure(verifier: Verifier, speech_dir: Path, seed: int = 18, households: int = 6, household_size: int = 4,
@@ -397,11 +398,14 @@ def cpu_name() -> str:
 def table(result: dict) -> str:
     """Markdown rows: model | operating point | condition | let through (babble) or accepted (genuine)."""
     rows = ["| model | operating point | condition | babble let through | genuine accepted |", "|---|---|---|---|---|"]
+    def cell(t: dict, p: str) -> str:
+        return f"{t['percent'][p]:.1f} % ({t['hits'][p]}/{t['trials']})"
+
     for p in result["operating_points"]:
         for c, t in result["babble"].items():
-            rows.append(f"| {result['model']} | {p} | babble {c} | {t['percent'][p]:.1f} % ({t['hits'][p]}/{t['trials']}) | |")
+            rows.append(f"| {result['model']} | {p} | babble {c} | {cell(t, p)} | |")
         for c, t in result["genuine"].items():
-            rows.append(f"| {result['model']} | {p} | genuine, {c} | | {t['percent'][p]:.1f} % ({t['hits'][p]}/{t['trials']}) |")
+            rows.append(f"| {result['model']} | {p} | genuine, {c} | | {cell(t, p)} |")
     return "\n".join(rows)
 
 
@@ -418,7 +422,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, help="write the full result here")
     a = p.parse_args(argv)
-    for n, v in (("--households", a.households), ("--household-size", a.household_size), ("--babble-clips", a.babble_clips)):
+    counts = (("--households", a.households), ("--household-size", a.household_size), ("--babble-clips", a.babble_clips))
+    for n, v in counts:
         if v < 1:
             p.error(f"{n} must be at least 1")
     conditions = [c for c in a.conditions.split(",") if c]
@@ -426,9 +431,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if bad:
         p.error(f"unknown condition(s) {', '.join(bad)} (use {', '.join(BABBLE_CONDITIONS)})")
     try:
-        fars = [float(f) for f in a.target_far.split(",") if f]
-    except ValueError:
-        p.error("--target-far: a comma list of numbers")
+        fars = [check_target_far(float(f)) for f in a.target_far.split(",") if f]
+    except ValueError as exc:
+        p.error(f"--target-far: a comma list of rates ({exc})")
+    if not (a.speech_dir / "dev").is_dir():
+        p.error(f"{a.speech_dir / 'dev'} not found (--speech-dir: the shared speech data)")
     verifier = Verifier.load(a.model, threads=a.threads)
     result = measure(verifier, a.speech_dir, a.seed, a.households, a.household_size, a.babble_clips,
                      target_fars=fars, conditions=conditions, log=lambda m: print(m, file=sys.stderr, flush=True))
