@@ -162,7 +162,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory, int8_verifier, clips: di
     root = tmp_path_factory.mktemp("state")
     store = ProfileStore(root)
     for name, spk in (("alice", "vctk-p225"), ("bob", "vctk-p226")):
-        store.enroll(name, [int8_verifier.embed(read_audio(p)) for p in clips[spk][:3]])
+        store.enroll(name, [int8_verifier.embed(read_audio(p)) for p in clips[spk][:3]], model=int8_verifier.model)
     return root
 
 

@@ -190,7 +190,7 @@ def enroll(state_dir: Path, model: Path, speech_dir: Path = SPEECH, verifier: An
     v = verifier if verifier is not None else Verifier.load(str(model))
     store = ProfileStore(state_dir)
     for name, spk in ENROLL.items():
-        store.enroll(name, [v.embed(read_audio(p)) for p in enrollment_files(spk, speech_dir)])
+        store.enroll(name, [v.embed(read_audio(p)) for p in enrollment_files(spk, speech_dir)], model=v.model)
 
 
 class MonitorRecorder:

@@ -90,7 +90,7 @@ def test_profiles_are_scored_as_the_profile_store_scores_them(
         enroll, rest = gate.enroll_split(files[s], 18, s)
         got = [v.embed_with_speech(read_audio(speech_dir / "dev" / f)) for f in enroll]
         embs, secs = [e for e, _ in got], [t for _, t in got]
-        store.enroll(s, embs, speech_s=secs, scorer=v.scorer)
+        store.enroll(s, embs, speech_s=secs, scorer=v.scorer, model=v.model)
         household[s] = gate.profile_side(v.scorer, embs, secs)
         own[s] = speech_dir / "dev" / enroll[0]
     stored = store.sides(v.scorer)

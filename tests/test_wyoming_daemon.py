@@ -46,7 +46,8 @@ def test_daemon_publishes_wyoming_decisions(tmp_path: Path, int8_verifier: Any, 
 
     d = speech_dir / "dev" / "vctk-p225"
     ProfileStore(tmp_path / "state").enroll(
-        "alice", [int8_verifier.embed(read_audio(d / f"p225_0{n}.wav")) for n in ("08", "11", "16")]
+        "alice", [int8_verifier.embed(read_audio(d / f"p225_0{n}.wav")) for n in ("08", "11", "16")],
+        model=int8_verifier.model,
     )
     proxy_port, stt_port = free_port(), free_port()
     wyoming = {"enabled": True, "uri": f"tcp://127.0.0.1:{proxy_port}", "stt_uri": f"tcp://127.0.0.1:{stt_port}"}
@@ -99,7 +100,8 @@ def test_standalone_command_prints_decisions(tmp_path: Path, int8_verifier: Any,
 
     d = speech_dir / "dev" / "vctk-p226"
     ProfileStore(tmp_path / "state").enroll(
-        "bob", [int8_verifier.embed(read_audio(d / f"p226_0{n}.wav")) for n in ("03", "08", "16")]
+        "bob", [int8_verifier.embed(read_audio(d / f"p226_0{n}.wav")) for n in ("03", "08", "16")],
+        model=int8_verifier.model,
     )
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"model": str(int8_model), "state_dir": str(tmp_path / "state")}))

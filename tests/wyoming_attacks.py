@@ -353,7 +353,7 @@ def load_handler(model: str = "int8") -> Any:
     store = ProfileStore(tempfile.mkdtemp(prefix="wyoming-attacks-"))
     for name, spk, clips in (("alice", "vctk-p225", ("p225_008", "p225_011", "p225_016")),
                              ("bob", "vctk-p226", ("p226_003", "p226_008", "p226_016"))):
-        store.enroll(name, [verifier.embed(read_audio(SPEECH / "dev" / spk / f"{c}.wav")) for c in clips])
+        store.enroll(name, [verifier.embed(read_audio(SPEECH / "dev" / spk / f"{c}.wav")) for c in clips], model=verifier.model)
     return DecisionService(verifier, store, max_audio_seconds=60.0)
 
 

@@ -111,7 +111,8 @@ def main() -> int:
     verifier.warm_up()
     store = ProfileStore(tempfile.mkdtemp(prefix="wyoming-bench-"))
     for name, spk in (("alice", "vctk-p225"), ("bob", "vctk-p226")):
-        store.enroll(name, [verifier.embed(read_audio(p)) for p in sorted((SPEECH / "dev" / spk).glob("*.wav"))[:3]])
+        store.enroll(name, [verifier.embed(read_audio(p)) for p in sorted((SPEECH / "dev" / spk).glob("*.wav"))[:3]],
+                     model=verifier.model)
     handler = DecisionService(verifier, store, max_audio_seconds=60)
     for pcm in clips().values():  # the model's working memory at full size: the model's, not the proxy's
         handler.decide_samples(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768, "warm-up")

@@ -47,7 +47,7 @@ def handler(int8_verifier, speech_dir: Path, tmp_path_factory) -> DecisionServic
     store = ProfileStore(tmp_path_factory.mktemp("wyoming-state"))
     for name, (spk, clips) in ENROLL.items():
         embs = [int8_verifier.embed(read_audio(speech_dir / "dev" / spk / f"{c}.wav")) for c in clips]
-        store.enroll(name, embs, clips, model="int8")
+        store.enroll(name, embs, clips, model=int8_verifier.model)
     return DecisionService(int8_verifier, store, max_audio_seconds=30.0)
 
 

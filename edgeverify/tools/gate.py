@@ -348,7 +348,7 @@ def measure(verifier: Verifier, speech_dir: Path, seed: int = 18, households: in
     for snr in GENUINE_SNRS:
         key = "clean" if snr is None else f"tv {snr:g} dB"
         tally = Tally()
-        for h, home in enumerate(homes):
+        for home in homes:
             for s in home:
                 for f in tests[s]:
                     x = read_audio(dev / f).samples.astype(np.float64)

@@ -114,7 +114,7 @@ def enroll_profiles(state_dir: Path) -> None:
     verifier = Verifier.load("int8")
     store = ProfileStore(state_dir)
     for name, spk in (("alice", "vctk-p225"), ("bob", "vctk-p226")):
-        store.enroll(name, [verifier.embed(read_audio(p)) for p in sorted((SPEECH / spk).glob("*.wav"))[:3]])
+        store.enroll(name, [verifier.embed(read_audio(p)) for p in sorted((SPEECH / spk).glob("*.wav"))[:3]], model=verifier.model)
 
 
 def start_ha(hass: str, work: Path, name: str) -> tuple[subprocess.Popen, Any]:

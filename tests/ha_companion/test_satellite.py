@@ -95,7 +95,7 @@ def env(request: pytest.FixtureRequest, int8_verifier: Any, int8_model: Path, sp
     store = ProfileStore(work / "state")
     for name, (spk, clips) in ENROLL.items():
         store.enroll(name, [int8_verifier.embed(read_audio(speech_dir / "dev" / spk / f"{c}.wav")) for c in clips],
-                     clips, model="int8")
+                     clips, model=int8_verifier.model)
     clips = {name: pcm16(speech_dir / "dev" / spk / f"{clip}.wav") for name, (spk, clip) in PROBE.items()}
     clips["stranger"] = pcm16(sorted((speech_dir / "dev" / STRANGER[0]).glob("*.wav"))[0])
 
