@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from .app.counters import Counters
 from .app.decisions import DecisionService
+from .app.inbox import Inbox, InboxHandler
 from .app.model import load_verifier
 from .app.sinks import DecisionSinks
 from .app.worker import ModelWorker, UtteranceSource
@@ -155,6 +156,10 @@ class Daemon:
         self.mqtt = MqttService(cfg, self.service, self.worker, self.counters, self.sinks,
                                 model_name=verifier.model_name)
         self.sinks.add(self.mqtt.ha)  # decisions from every source feed HA's event entity and retained state
+        # unrecognised microphone and Wyoming utterances (embeddings, in memory) for the admin to assign
+        self.inbox = Inbox(cfg.inbox)
+        self.service.attach_inbox(self.inbox)
+        self.mqtt.admin.attach_inbox(InboxHandler(self.service, self.inbox))
         self.watchdog = Watchdog(self.mqtt.liveness_problem, notify.watchdog_interval())
         if cfg.wyoming.enabled:
             self._start_wyoming()  # before MQTT: a port in use stops the start-up before anything is published
@@ -248,6 +253,7 @@ class Daemon:
         self.service.reconfigure(verifier, new.limits.max_audio_seconds, new.microphone.verify_profile,
                                  identify_scores=new.mqtt.identify_scores)
         self.mqtt.reconfigure(new)
+        self.inbox.reconfigure(new.inbox)
         self.config = new
         count = self.store.reload()
         logging.getLogger().setLevel(new.log_level.upper())
