@@ -83,6 +83,43 @@ def test_hostile_requests_are_refused_with_a_short_reason(doc: dict, problem: st
     assert problem in err.value.message and len(err.value.message) < 300
 
 
+def test_only_unrecognised_room_utterances_feed_it(tmp_path: Path, int8_verifier: Any, speech_dir: Path) -> None:
+    """Microphone in identify mode: a stranger is kept, alice is not; verify mode and MQTT requests never are."""
+    from edgeverify.app.decisions import DecisionService
+    from edgeverify.app.protocol import parse_request
+    from edgeverify.core.audio import read_audio
+    from edgeverify.store.profiles import ProfileStore
+    import base64
+
+    d = speech_dir / "dev" / "vctk-p225"
+    store = ProfileStore(tmp_path / "state")
+    store.enroll("alice", [int8_verifier.embed(read_audio(d / f"p225_0{n}.wav")) for n in ("08", "11", "16")],
+                 model="int8")
+    service = DecisionService(int8_verifier, store, max_audio_seconds=30.0)
+    inbox = Inbox(InboxConfig(enabled=True))
+    service.attach_inbox(inbox)
+    stranger_wav = sorted((speech_dir / "dev" / "ls-1688").glob("*.wav"))[0]
+    stranger = read_audio(stranger_wav).samples
+    alice = read_audio(d / "p225_022.wav").samples
+
+    assert service.utterance(alice).result["speaker"] == "alice"
+    assert inbox.entries() == []
+    assert service.utterance(stranger).result["speaker"] is None
+    [entry] = inbox.entries()
+    assert entry.source == "microphone" and entry.transcript is None and entry.voice.nearest == "alice"
+    assert entry.voice.embedding.shape == (int8_verifier.embed(read_audio(d / "p225_022.wav")).size,)
+    # the entry holds the embedding and scalars only: nothing of the size of the audio
+    held = [v for v in vars(entry.voice).values() if isinstance(v, np.ndarray)]
+    assert sum(v.nbytes for v in held) < 4096 < stranger.nbytes
+    service.mic_profile = "alice"  # microphone.mode verify:alice: a rejection is "not alice", not "unknown"
+    assert service.utterance(stranger).result["same_speaker"] is False
+    service.mic_profile = None
+    clip = {"name": "s.wav", "audio_b64": base64.b64encode(stranger_wav.read_bytes()).decode()}
+    answer = service.handle(parse_request({"type": "identify", "first": clip}))
+    assert answer.ok and answer.result["speaker"] is None
+    assert len(inbox.entries()) == 1  # neither the verify-mode rejection nor the MQTT request was kept
+
+
 # -- the Wyoming path, in-process ------------------------------------------------------------------
 
 
