@@ -228,6 +228,8 @@ class Daemon:
             self.reload()
         if self.mic is not None:
             self.mic.tick()
+        if self.inbox.enabled:
+            self.inbox.tidy({p.name for p in self.store.list()})
 
     def reload(self) -> None:
         """SIGHUP: re-read the config (keep the old one if invalid), reload the model if it changed, re-read profiles."""

@@ -135,6 +135,15 @@ class Inbox:
                 break
             self._entries.popitem(last=False)
 
+    def tidy(self, names: set[str]) -> None:
+        """Drop what has expired and what is nearest to a person no longer enrolled (the daemon's tick: an
+        entry goes when it is due, not only at the next request)."""
+        with self._lock:
+            if not self._entries:
+                return
+            self._prune()
+        self.keep_nearest(names)
+
     def entries(self) -> list[InboxEntry]:
         with self._lock:
             self._prune()
@@ -159,16 +168,9 @@ class Inbox:
             self._entries.clear()
             return n
 
-    def forget(self, name: str) -> int:
-        """A person was forgotten: drop the entries whose nearest profile was theirs."""
-        with self._lock:
-            gone = [i for i, e in self._entries.items() if e.voice.nearest == name]
-            for i in gone:
-                del self._entries[i]
-        return len(gone)
-
     def keep_nearest(self, names: set[str]) -> int:
-        """Drop the entries whose nearest profile is no longer enrolled (forgotten by another process)."""
+        """Drop the entries whose nearest profile is no longer enrolled: forgetting a person (admin request,
+        `edgeverify forget`, a file removed) takes the entries nearest to them along."""
         with self._lock:
             gone = [i for i, e in self._entries.items() if e.voice.nearest is not None and e.voice.nearest not in names]
             for i in gone:

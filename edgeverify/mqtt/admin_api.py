@@ -143,8 +143,6 @@ class MqttAdmin:
         resp = self.admin.handle(req)
         self._answer(job, resp, reply_to, started)
         if resp.ok and req.type != "list":
-            if req.type == "forget" and self.inbox is not None and req.name:
-                self.inbox.inbox.forget(req.name)  # the entries nearest to that person go with them
             self._changed()
 
     def _run_inbox(self, job: Inbound, meta: dict[str, Any], reply_to: str, started: float) -> Any:
