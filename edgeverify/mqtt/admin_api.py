@@ -162,7 +162,7 @@ class MqttAdmin:
         except EdgeVerifyError as exc:
             log.info("admin inbox request rejected: %s", exc.message)
             self._answer(job, error_response(meta, exc.code, exc.message), reply_to, started)
-            return True
+            return None
         resp = self.inbox.handle(req)
         self._answer(job, resp, req.reply_to or reply_to, started)
         if resp.ok and req.type == "inbox_assign":
