@@ -319,3 +319,30 @@ def test_admin_inbox_round_trip_with_hostile_ids(tmp_path: Path, int8_verifier: 
         assert "Licht" not in text and _floats_runs(text) < 16, (m.topic, text[:200])
     files = sorted(p.relative_to(tmp_path / "state").as_posix() for p in (tmp_path / "state").rglob("*") if p.is_file())
     assert files == sorted({"profiles/alice.json", "profiles/carol.json"} - {f"profiles/{nearest}.json"})
+
+
+def test_assign_refuses_an_entry_that_cannot_join_the_profile(tmp_path: Path, int8_verifier: Any) -> None:
+    """Another model's entry, another dimension, a clipped recording: an error answer, never a crash, and
+    the entry stays."""
+    from types import SimpleNamespace
+
+    from edgeverify.store.profiles import ProfileStore
+
+    model = int8_verifier.model_name
+    store = ProfileStore(tmp_path / "state")
+    store.enroll("alice", [voice(1).embedding, voice(1).embedding], model=model)
+    inbox = Inbox(InboxConfig(enabled=True))
+    handler = InboxHandler(SimpleNamespace(verifier=int8_verifier, store=store), inbox)
+    wide = np.ones(256, dtype=np.float32) / 16.0
+    cases = {
+        inbox.offer(Unrecognised(wide, 3.0, "16k", model, -1.0, "alice"), "microphone"): "256",
+        inbox.offer(Unrecognised(voice(2).embedding, 3.0, "16k", "another-model", -1.0, "alice"), "microphone"): "model",
+        inbox.offer(Unrecognised(voice(3).embedding, 3.0, "16k", model, -1.0, "alice", "5.0% clipped"),
+                    "microphone"): "clipped",
+    }
+    for entry_id, why in cases.items():
+        resp = handler.handle(parse_inbox_request({"type": "inbox_assign", "id": entry_id, "name": "alice"}))
+        assert not resp.ok and why in (resp.error_message or ""), resp.error_message
+    assert len(inbox.entries()) == 3 and store.get("alice").clips == 2
+    off = InboxHandler(SimpleNamespace(verifier=int8_verifier, store=store), Inbox(InboxConfig(enabled=False)))
+    assert off.handle(parse_inbox_request({"type": "inbox_list"})).error_code == "inbox_disabled"

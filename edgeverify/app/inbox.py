@@ -280,6 +280,9 @@ class InboxHandler:
             if existing.model is not None and existing.model != verifier.model_name:
                 raise ProfileError(f"profile {name!r} was enrolled with model {existing.model}; "
                                    f"the entry is from {verifier.model_name}")
+            if existing.embedding.shape != voice.embedding.shape:
+                raise ProfileError(f"profile {name!r} holds {existing.embedding.size}-dimensional voiceprints; "
+                                   f"the entry's has {voice.embedding.size}")
             if existing.clip_embeddings is not None:
                 rows = list(existing.clip_embeddings)
             else:  # a profile from before clip embeddings were kept: its mean counts for its clips
