@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from .app.counters import Counters
 from .app.decisions import DecisionService
+from .app.inbox import Inbox, InboxHandler
 from .app.model import auto_moved, check_profiles, load_verifier, report_profiles
 from .app.sinks import DecisionSinks
 from .app.worker import ModelWorker, UtteranceSource
@@ -158,6 +159,10 @@ class Daemon:
         self.mqtt = MqttService(cfg, self.service, self.worker, self.counters, self.sinks,
                                 model_name=verifier.model_name)
         self.sinks.add(self.mqtt.ha)  # decisions from every source feed HA's event entity and retained state
+        # unrecognised microphone and Wyoming utterances (embeddings, in memory) for the admin to assign
+        self.inbox = Inbox(cfg.inbox)
+        self.service.attach_inbox(self.inbox)
+        self.mqtt.admin.attach_inbox(InboxHandler(self.service, self.inbox))
         self.watchdog = Watchdog(self.mqtt.liveness_problem, notify.watchdog_interval())
         if cfg.wyoming.enabled:
             self._start_wyoming()  # before MQTT: a port in use stops the start-up before anything is published
@@ -228,6 +233,8 @@ class Daemon:
             self.reload()
         if self.mic is not None:
             self.mic.tick()
+        if self.inbox.enabled:
+            self.inbox.tidy({p.name for p in self.store.list()})
 
     def reload(self) -> None:
         """SIGHUP: re-read the config (keep the old one if invalid), reload the model if it changed, re-read profiles."""
@@ -254,6 +261,7 @@ class Daemon:
         self.service.reconfigure(verifier, new.limits.max_audio_seconds, new.microphone.verify_profile,
                                  identify_scores=new.mqtt.identify_scores)
         self.mqtt.reconfigure(new)
+        self.inbox.reconfigure(new.inbox)
         self.config = new
         count = self.store.reload()
         report_profiles(self.store, self.service.verifier.model)

@@ -14,9 +14,11 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from ..core.audio import TARGET_RATE, Audio, audio_from_array, read_audio
+from ..core.scoring import band_for_rate
 from ..core.verifier import Verifier
 from ..errors import AudioError, ProfileError, RequestError
-from ..store.profiles import ProfileStore
+from ..store.profiles import ProfileStore, check_clipping
+from .inbox import Inbox, Unrecognised
 from .protocol import Clip, Request, Response
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ class DecisionService:
         # an identify answer (and so every event) lists each enrolled name's score only when the admin asks
         # (mqtt.identify_scores): otherwise any requester, or anyone reading events, learns who is enrolled
         self.identify_scores = identify_scores
+        self.inbox: Optional[Inbox] = None  # attach_inbox(): unrecognised live utterances are kept there
+
+    def attach_inbox(self, inbox: Optional[Inbox]) -> None:
+        """The inbox that unrecognised microphone (and, through the Wyoming adapter, Wyoming) utterances feed."""
+        self.inbox = inbox
 
     def attach_microphone(self, microphone: Optional[Microphone]) -> None:
         """The running microphone (None when it stopped): `capture` requests and enrolling by voice use it."""
@@ -140,13 +147,15 @@ class DecisionService:
         """A microphone utterance: identify or verify per microphone.mode; None when not speech enough."""
         meta: dict[str, Any] = {"type": "microphone", "first_file": "microphone"}
         try:
-            result = self.decide_samples(samples, "microphone", self.mic_profile, source_rate=self.mic_rate)
+            result, unrecognised = self.decide_live(samples, "microphone", self.mic_profile, source_rate=self.mic_rate)
         except AudioError as exc:
             log.info("microphone utterance skipped: %s", exc.message)
             return None
         except ProfileError as exc:
             log.warning("microphone decision impossible: %s", exc.message)
             return None
+        if unrecognised is not None and self.inbox is not None:
+            self.inbox.offer(unrecognised, "microphone")
         return Response(ok=True, meta=meta, result=result)
 
     def decide_samples(self, samples: np.ndarray, name: str, profile: Optional[str] = None,
@@ -156,9 +165,42 @@ class DecisionService:
         `source_rate` is the rate the source captured at (it picks the 16 kHz or telephone-band cohort).
         Raises AudioError (too short, no speech) or ProfileError; the result has duration_s and model.
         """
+        return self.decide_live(samples, name, profile, source_rate)[0]
+
+    def decide_live(self, samples: np.ndarray, name: str, profile: Optional[str] = None,
+                    source_rate: int = TARGET_RATE) -> tuple[dict[str, Any], Optional[Unrecognised]]:
+        """decide_samples, and what the inbox keeps when nobody was recognised: the embedding (never the
+        samples) with its margin and nearest profile. None when recognised, verifying against one profile,
+        or the inbox is off. The caller offers it (with a transcript, if it has one)."""
         audio = audio_from_array(samples, TARGET_RATE, name=name, max_seconds=self.max_audio_seconds)
         audio = dataclasses.replace(audio, source_rate=int(source_rate))
-        result = self._result(self.verifier.prepare(audio), profile, None)
+        embedding, speech_s = self.verifier.embed_with_speech(audio)
+        test = (embedding, self.verifier.side(embedding, speech_s, audio.source_rate))
+        result = self._result(test, profile, None)
         result["duration_s"] = round(audio.duration_s, 2)
         result["model"] = self.verifier.model_name
-        return result
+        unrecognised = None
+        if profile is None and result.get("speaker") is None and self.inbox is not None and self.inbox.enabled:
+            unrecognised = self._unrecognised(test, speech_s, audio, result)
+        return result, unrecognised
+
+    def _unrecognised(self, test: tuple, speech_s: float, audio: Audio, result: dict[str, Any]) -> Unrecognised:
+        """The inbox's view of a rejected identification: the nearest profile by the key identify ranks by
+        (llr when calibrated, else cosine) and the best score's margin to the threshold it was held to."""
+        nearest, margin = None, None
+        model = self.verifier.model
+        sides = {n: side for n, side in self.store.sides(self.verifier.scorer, model).items()
+                 if side.model is None or side.model.same_model(model)}  # another model's: never scored
+        if sides:
+            decisions = {n: self.verifier.decide_sides(test, side) for n, side in sides.items()}
+            nearest = max(decisions, key=lambda n: decisions[n].score if decisions[n].llr is None else decisions[n].llr)
+            best = result.get("llr", result.get("score"))
+            if best is not None and result.get("threshold") is not None:
+                margin = float(best) - float(result["threshold"])
+        problem = None
+        try:
+            check_clipping(audio.samples, "the utterance")
+        except AudioError as exc:
+            problem = exc.message
+        return Unrecognised(np.asarray(test[0], dtype=np.float32).copy(), float(speech_s),
+                            band_for_rate(audio.source_rate), self.verifier.model_name, margin, nearest, problem)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Protocol
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..app.admin import AdminHandler, AdminRequest, parse_admin_request
+from ..app.inbox import InboxHandler, is_inbox_type, parse_inbox_request
 from ..app.counters import Counters
 from ..app.protocol import BUSY, TOO_LARGE, Response, error_response, load_json, salvage_meta
 from ..app.worker import ModelWorker, TaskJob
@@ -69,12 +70,17 @@ class MqttAdmin:
         self._lock = threading.Lock()
         self._recording: Optional[threading.Thread] = None
         self._transactions: dict[int, Any] = {}  # id(job) -> its `transaction`, until answered
+        self.inbox: Optional[InboxHandler] = None  # inbox_list / inbox_assign / inbox_clear (attach_inbox)
         # retained commands are never replayed at (re)subscription: an old enroll would run on every reconnect
         opts = SubscribeOptions(qos=config.mqtt.qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         connection.subscribe([(request_topic, opts)], connection.guarded(self._on_request))
 
     def add_listener(self, listener: AdminListener) -> None:
         self._listeners.append(listener)
+
+    def attach_inbox(self, inbox: Optional[InboxHandler]) -> None:
+        """Answer the inbox requests with this handler (None: they are refused as unknown types)."""
+        self.inbox = inbox
 
     # -- network thread ----------------------------------------------------------------------------
 
@@ -119,8 +125,13 @@ class MqttAdmin:
         """Parse and carry out; microphone enrollments continue on a recording thread."""
         started = time.perf_counter()
         reply_to = meta.get("reply_to") or self.response_topic
+        payload: Any = job.payload
+        if self.inbox is not None:
+            payload = self._run_inbox(job, meta, reply_to, started)
+            if payload is None:
+                return
         try:
-            req = parse_admin_request(job.payload, self.config.admin.max_clips)
+            req = parse_admin_request(payload, self.config.admin.max_clips)
         except EdgeVerifyError as exc:
             log.info("admin request rejected: %s (requestor_id=%r)", exc.message, meta.get("requestor_id"))
             self._answer(job, error_response(meta, exc.code, exc.message), reply_to, started)
@@ -133,6 +144,30 @@ class MqttAdmin:
         self._answer(job, resp, reply_to, started)
         if resp.ok and req.type != "list":
             self._changed()
+
+    def _run_inbox(self, job: Inbound, meta: dict[str, Any], reply_to: str, started: float) -> Any:
+        """Answer an inbox request (None); anything else is handed back for the admin parser: the object
+        parsed from the payload (parsed once), or the payload itself when it is not JSON."""
+        assert self.inbox is not None
+        try:
+            obj = load_json(job.payload)
+        except EdgeVerifyError:
+            return job.payload  # the admin parser says what is wrong
+        if not isinstance(obj, dict):
+            return job.payload
+        if not is_inbox_type(obj):
+            return obj
+        try:
+            req = parse_inbox_request(obj)
+        except EdgeVerifyError as exc:
+            log.info("admin inbox request rejected: %s", exc.message)
+            self._answer(job, error_response(meta, exc.code, exc.message), reply_to, started)
+            return None
+        resp = self.inbox.handle(req)
+        self._answer(job, resp, req.reply_to or reply_to, started)
+        if resp.ok and req.type == "inbox_assign":
+            self._changed()
+        return None
 
     def enroll_from_microphone(self, req: AdminRequest, job: Optional[Inbound] = None,
                                reply_to: Optional[str] = None) -> None:

@@ -407,6 +407,21 @@ class AdminConfig:
 
 
 @dataclass
+class InboxConfig:
+    """Recent utterances nobody was recognised in (microphone, admitted Wyoming clients), kept in memory as
+    embeddings, never audio, so an admin can assign one to a person (docs/security-trust-model.md, "Privacy").
+    """
+
+    enabled: bool = setting(False, doc="keep unrecognised utterances (embedding, time, source, margin, Wyoming "
+                                       "transcript) in memory for assigning; off: nothing is kept", check=Bool(),
+                            reload=LIVE)
+    max_items: int = setting(20, doc="entries kept; the oldest is dropped for a new one", check=Int(1, 200),
+                             reload=LIVE)
+    max_age_h: float = setting(24.0, doc="entries older than this many hours are dropped", check=Num(0.01, 720),
+                               reload=LIVE)
+
+
+@dataclass
 class HomeAssistantConfig:
     """What Home Assistant is shown (MQTT discovery; docs/home-assistant.md, docs/security-trust-model.md)."""
 
@@ -500,6 +515,7 @@ class Config:
     admin: AdminConfig = section(AdminConfig, AdminConfig.__doc__ or "")
     wyoming: WyomingConfig = section(WyomingConfig, WyomingConfig.__doc__ or "")
     homeassistant: HomeAssistantConfig = section(HomeAssistantConfig, HomeAssistantConfig.__doc__ or "")
+    inbox: InboxConfig = section(InboxConfig, InboxConfig.__doc__ or "")
     source: Optional[str] = None  # the file it was read from (not a setting)
 
     @property

@@ -33,6 +33,17 @@ SOURCE = "wyoming"
 DecisionCallback = Callable[[dict, str], None]
 
 
+class DecisionBody(dict):
+    """A decision's body, and beside it (an attribute: never serialised, lost on any copy) what the inbox
+    keeps of an unrecognised utterance until its transcript is known."""
+
+    __slots__ = ("unrecognised",)
+
+    def __init__(self, body: dict, unrecognised: Any = None) -> None:
+        super().__init__(body)
+        self.unrecognised = unrecognised
+
+
 def transcript_digest(text: str) -> str:
     """sha256 (hex) of the transcript with whitespace runs collapsed and case folded, so that Home
     Assistant's copy of the same text (trimmed, re-spaced) gives the same digest."""
@@ -126,10 +137,11 @@ class SpeakerIdProxy:
         """Identify the stream's speaker and publish the decision; runs in the embedding thread."""
         started = time.perf_counter()
         meta = {"type": "identify", "request_id": request_id, "first_file": SOURCE}
+        unrecognised = None
         try:
             if error is not None:
                 raise error
-            result = self.handler.decide_samples(samples, SOURCE)
+            result, unrecognised = self.handler.decide_live(samples, SOURCE)
             resp = Response(ok=True, meta=meta, result=result)
         except (AudioError, ProfileError) as exc:
             resp = error_response(meta, exc.code, exc.message)
@@ -139,7 +151,7 @@ class SpeakerIdProxy:
             resp = error_response(meta, "internal_error", f"internal error: {type(exc).__name__}")
             resp.result = {"speaker": None, "same_speaker": False}
         resp.elapsed_ms = 1000 * (time.perf_counter() - started)
-        body = resp.to_dict(self.device_id)
+        body = DecisionBody(resp.to_dict(self.device_id), unrecognised)
         identified = bool(body.get("speaker"))
         body["event"] = "identified" if identified else "not-identified"
         if self.config.reject_unknown:
@@ -154,11 +166,17 @@ class SpeakerIdProxy:
         )
         return body
 
-    def publish(self, body: dict, transcript: Optional[str]) -> None:
+    def publish(self, body: dict, transcript: Optional[str], heard: Optional[str] = None) -> None:
         """Hand a decision to the sink (MQTT / Home Assistant, or stdout), once the client has its answer.
 
         `utterance` lets Home Assistant match the decision to the pipeline run whose transcript it saw:
-        the digest of the text returned to the client and when; the text itself never leaves."""
+        the digest of the text returned to the client and when; the text itself never leaves. An
+        unrecognised utterance goes to the inbox (when on) in-process, with `heard`, the STT's text."""
+        unrecognised = getattr(body, "unrecognised", None)
+        inbox = self.handler.inbox
+        if unrecognised is not None and inbox is not None:
+            body.unrecognised = None  # type: ignore[attr-defined]
+            inbox.offer(unrecognised, SOURCE, heard)
         body["utterance"] = None if transcript is None else {
             "transcript_sha256": transcript_digest(transcript), "at": round(time.time(), 3)}
         if self.on_decision is not None:

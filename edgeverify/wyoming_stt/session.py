@@ -31,7 +31,7 @@ class SessionHost(Protocol):
 
     def decide(self, samples: np.ndarray, error: Optional[EdgeVerifyError], request_id: Optional[str]) -> dict: ...
 
-    def publish(self, body: dict, transcript: Optional[str]) -> None: ...
+    def publish(self, body: dict, transcript: Optional[str], heard: Optional[str] = None) -> None: ...
 
     def transcript_text(self, text: str, decision: Optional[dict]) -> str: ...
 
@@ -428,7 +428,8 @@ class Session:
         rejected = bool(decision.get("rejected"))
         data = dict(event.data)
         data["text"] = self.proxy.transcript_text(text, decision)
-        self.proxy.publish(decision, data["text"])  # with the returned text's digest, never the text
+        self.proxy.publish(decision, data["text"], text)  # the returned text's digest, never the text (the
+        # STT's own text stays in-process: the inbox keeps it with an unrecognised utterance)
         for held in utt.held:
             if not (rejected and held.type == "transcript-chunk"):
                 await self.send(held)
