@@ -19,13 +19,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from edgeverify.core.model_identity import ModelIdentity  # noqa: E402
 from edgeverify.app.inbox import Inbox, InboxHandler, Unrecognised, parse_inbox_request  # noqa: E402
 from edgeverify.store.config import InboxConfig  # noqa: E402
 
 
 def voice(seed: int, nearest: str = "alice") -> Unrecognised:
     v = np.random.default_rng(seed).standard_normal(192).astype(np.float32)
-    return Unrecognised(v / np.linalg.norm(v), 3.0, "16k", "int8", -1.5, nearest)
+    return Unrecognised(v / np.linalg.norm(v), 3.0, "16k", ModelIdentity("campp", "int8"), -1.5, nearest)
 
 
 class Clock:
@@ -94,7 +95,7 @@ def test_only_unrecognised_room_utterances_feed_it(tmp_path: Path, int8_verifier
     d = speech_dir / "dev" / "vctk-p225"
     store = ProfileStore(tmp_path / "state")
     store.enroll("alice", [int8_verifier.embed(read_audio(d / f"p225_0{n}.wav")) for n in ("08", "11", "16")],
-                 model="int8")
+                 model=int8_verifier.model)
     service = DecisionService(int8_verifier, store, max_audio_seconds=30.0)
     inbox = Inbox(InboxConfig(enabled=True))
     service.attach_inbox(inbox)
@@ -142,7 +143,7 @@ def test_wyoming_stranger_lands_in_the_inbox_and_assigning_enrolls_them(
     store = ProfileStore(tmp_path / "state")
     for name, (spk, names) in ENROLL.items():
         store.enroll(name, [int8_verifier.embed(read_audio(speech_dir / "dev" / spk / f"{c}.wav")) for c in names],
-                     names, model="int8")
+                     names, model=int8_verifier.model)
     service = DecisionService(int8_verifier, store, max_audio_seconds=30.0)
     inbox = Inbox(InboxConfig(enabled=True))
     service.attach_inbox(inbox)
@@ -218,7 +219,7 @@ def test_admin_inbox_round_trip_with_hostile_ids(tmp_path: Path, int8_verifier: 
         pytest.skip("mosquitto not installed")
     d = speech_dir / "dev" / "vctk-p225"
     ProfileStore(tmp_path / "state").enroll(
-        "alice", [int8_verifier.embed(read_audio(d / f"p225_0{n}.wav")) for n in ("08", "11", "16")], model="int8")
+        "alice", [int8_verifier.embed(read_audio(d / f"p225_0{n}.wav")) for n in ("08", "11", "16")], model=int8_verifier.model)
     stranger = sorted((speech_dir / "dev" / "ls-1688").glob("*.wav"))
     proxy_port, stt_port = free_port(), free_port()
     extra = {"wyoming": {"enabled": True, "uri": f"tcp://127.0.0.1:{proxy_port}", "stt_uri": f"tcp://127.0.0.1:{stt_port}"},
@@ -328,7 +329,7 @@ def test_assign_refuses_an_entry_that_cannot_join_the_profile(tmp_path: Path, in
 
     from edgeverify.store.profiles import ProfileStore
 
-    model = int8_verifier.model_name
+    model = int8_verifier.model
     store = ProfileStore(tmp_path / "state")
     store.enroll("alice", [voice(1).embedding, voice(1).embedding], model=model)
     inbox = Inbox(InboxConfig(enabled=True))
@@ -336,7 +337,7 @@ def test_assign_refuses_an_entry_that_cannot_join_the_profile(tmp_path: Path, in
     wide = np.ones(256, dtype=np.float32) / 16.0
     cases = {
         inbox.offer(Unrecognised(wide, 3.0, "16k", model, -1.0, "alice"), "microphone"): "256",
-        inbox.offer(Unrecognised(voice(2).embedding, 3.0, "16k", "another-model", -1.0, "alice"), "microphone"): "model",
+        inbox.offer(Unrecognised(voice(2).embedding, 3.0, "16k", ModelIdentity("another-model", "int8"), -1.0, "alice"), "microphone"): "model",
         inbox.offer(Unrecognised(voice(3).embedding, 3.0, "16k", model, -1.0, "alice", "5.0% clipped"),
                     "microphone"): "clipped",
     }

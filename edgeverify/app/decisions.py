@@ -203,4 +203,4 @@ class DecisionService:
         except AudioError as exc:
             problem = exc.message
         return Unrecognised(np.asarray(test[0], dtype=np.float32).copy(), float(speech_s),
-                            band_for_rate(audio.source_rate), self.verifier.model_name, margin, nearest, problem)
+                            band_for_rate(audio.source_rate), self.verifier.model, margin, nearest, problem)

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..core.model_identity import ModelIdentity
 from ..errors import AudioError, EdgeVerifyError, ProfileError, RequestError, UnknownProfileError
 from ..store.config import MAX_CLIPS_LIMIT, InboxConfig
 from ..store.profiles import RECOMMENDED_CLIPS, check_name
@@ -59,7 +60,7 @@ class Unrecognised:
     embedding: np.ndarray  # L2-normalised, the model's dimension
     speech_s: float  # seconds of speech it came from (the calibration's quality term)
     band: str  # "16k" or "8k"
-    model: str  # the model that embedded it: an entry only joins a profile of the same model
+    model: ModelIdentity  # the model that embedded it: an entry only joins a profile of the same model
     margin: Optional[float]  # best llr (or cosine) minus its threshold; < 0; None without profiles
     nearest: Optional[str]  # the profile it came closest to; None without profiles
     problem: Optional[str] = None  # why it cannot be assigned (clipped), as enrollment would say
@@ -266,9 +267,9 @@ class InboxHandler:
         verifier, store = self.service.verifier, self.service.store
         if voice.problem:
             raise AudioError(voice.problem)
-        if voice.model != verifier.model_name:
-            raise ProfileError(f"inbox entry {entry_id} was embedded by model {voice.model}, "
-                               f"the device now runs {verifier.model_name}")
+        if not voice.model.same_model(verifier.model):
+            raise ProfileError(f"inbox entry {entry_id} was embedded by model {voice.model.label}, "
+                               f"the device now runs {verifier.model.label}")
         try:
             existing = store.get(name)
         except UnknownProfileError:
@@ -277,9 +278,9 @@ class InboxHandler:
         seconds: list[float] = []
         bands = {voice.band}
         if existing is not None:
-            if existing.model is not None and existing.model != verifier.model_name:
-                raise ProfileError(f"profile {name!r} was enrolled with model {existing.model}; "
-                                   f"the entry is from {verifier.model_name}")
+            if not existing.model.same_model(verifier.model):
+                raise ProfileError(f"profile {name!r} was enrolled with model {existing.model.label}; "
+                                   f"the entry is from {verifier.model.label}")
             if existing.embedding.shape != voice.embedding.shape:
                 raise ProfileError(f"profile {name!r} holds {existing.embedding.size}-dimensional voiceprints; "
                                    f"the entry's has {voice.embedding.size}")
@@ -293,13 +294,13 @@ class InboxHandler:
             bands.add(existing.band)
         names = [f"clip {i + 1}" for i in range(len(rows))] + [f"inbox entry {entry_id}"]
         profile = store.enroll(
-            name, rows + [voice.embedding], clip_names=names, replace=existing is not None, model=verifier.model_name,
+            name, rows + [voice.embedding], clip_names=names, replace=existing is not None, model=verifier.model,
             speech_s=seconds + [voice.speech_s], scorer=verifier.scorer, band="16k" if "16k" in bands else "8k",
         )  # ProfileError: inconsistent with the profile's clips -> error answer, the entry stays
         self.inbox.discard(entry_id)
         result: dict[str, Any] = {"assigned": entry_id, "created": existing is None,
                                   "profile": {"name": profile.name, "clips": profile.clips,
-                                              "created": profile.created, "model": profile.model}}
+                                              "created": profile.created, "model": profile.model.label}}
         if profile.clips < RECOMMENDED_CLIPS:
             result["notes"] = [f"{RECOMMENDED_CLIPS} clips are recommended for a reliable profile"]
         return result

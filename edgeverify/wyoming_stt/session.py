@@ -272,18 +272,25 @@ class Session:
 
         utt.decision = self.proxy.work.submit(self, work)  # QueueFull when over a bound
 
-    async def _send_identity(self, utt: _Utterance) -> None:
-        """PR #50 reply to `identify`: identified {name, confidence} or not-identified."""
+    async def _decision_of(self, utt: _Utterance) -> Optional[dict]:
+        """The utterance's decision; None when there is none to act on: the queue made room for another
+        connection's utterance (the client is told `busy`), or the job was dropped with its client."""
         assert utt.decision is not None
         try:
-            body = await utt.decision
-        except QueueFull as exc:  # made room for another connection's utterance
+            return await utt.decision  # usually done already: the STT takes longer than the embedding
+        except QueueFull as exc:
             await self.send(error_event(exc.message, "busy"))
-            return
+            return None
         except asyncio.CancelledError:
             if _dropped(utt.decision):
-                return
+                return None
             raise
+
+    async def _send_identity(self, utt: _Utterance) -> None:
+        """PR #50 reply to `identify`: identified {name, confidence} or not-identified."""
+        body = await self._decision_of(utt)
+        if body is None:
+            return
         if self.utt is utt:
             self.utt = None
         self.proxy.publish(body, None)
@@ -415,16 +422,9 @@ class Session:
                 return
             await self.send(event)
             return
-        assert utt.decision is not None
-        try:
-            decision = await utt.decision  # usually done already: the STT takes longer than the embedding
-        except QueueFull as exc:  # made room for another connection's utterance: no transcript without it
-            await self.send(error_event(exc.message, "busy"))
+        decision = await self._decision_of(utt)
+        if decision is None:  # no transcript without a decision
             return
-        except asyncio.CancelledError:
-            if _dropped(utt.decision):
-                return
-            raise
         rejected = bool(decision.get("rejected"))
         data = dict(event.data)
         data["text"] = self.proxy.transcript_text(text, decision)
