@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -72,18 +72,25 @@ def write_clip(tmp_path: Path) -> Callable[..., Path]:
     return _write
 
 
-def _model_file(variant: str) -> Path:
-    """The built model, or skip -- but fail when EDGEVERIFY_REQUIRE_MODEL=1 (tests/run.sh sets it: CI must
-    never silently skip the model tests because the build step broke)."""
+def _model_file(variant: str, precision: Optional[str] = None) -> Path:
+    """The built model (`variant`: a precision alone = the default model, or a model name with
+    `precision`), or skip -- but fail when EDGEVERIFY_REQUIRE_MODEL=1 (tests/run.sh sets it: CI must never
+    silently skip the model tests because the build step broke)."""
     from edgeverify.errors import ModelError
     from edgeverify.core.model_store import resolve_model
 
     try:
-        return resolve_model(variant)
+        return resolve_model(variant) if precision is None else resolve_model(variant, precision)
     except ModelError as exc:
         if os.environ.get("EDGEVERIFY_REQUIRE_MODEL") == "1":
-            pytest.fail(f"{variant} model required but missing: {exc.message}")
+            pytest.fail(f"{variant} {precision or ''} model required but missing: {exc.message}")
         pytest.skip(exc.message)
+
+
+@pytest.fixture(scope="session")
+def built_model() -> Callable[[str, str], Path]:
+    """built_model(name, precision): that model's file whatever the default is, or skip/fail as above."""
+    return _model_file
 
 
 @pytest.fixture(scope="session")

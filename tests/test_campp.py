@@ -3,7 +3,6 @@ its int8 model against its fp32 model, and how models are named, found and fed."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,14 @@ from edgeverify.errors import ModelError
 SETS = ("dev", "dev8k", "native8k")
 
 
-def _campp(precision: str) -> Path:
-    try:
-        return resolve_model("campp", precision)
-    except ModelError as exc:
-        if os.environ.get("EDGEVERIFY_REQUIRE_MODEL") == "1":
-            pytest.fail(f"campp {precision} model required but missing: {exc.message}")
-        pytest.skip(exc.message)
+@pytest.fixture(scope="module")
+def campp_fp32(built_model) -> Embedder:  # noqa: ANN001
+    return Embedder(built_model("campp", "fp32"))
 
 
 @pytest.fixture(scope="module")
-def campp_fp32() -> Embedder:
-    return Embedder(_campp("fp32"))
-
-
-@pytest.fixture(scope="module")
-def campp_int8() -> Embedder:
-    return Embedder(_campp("int8"))
+def campp_int8(built_model) -> Embedder:  # noqa: ANN001
+    return Embedder(built_model("campp", "int8"))
 
 
 def _reference(speech_dir: Path, name: str):

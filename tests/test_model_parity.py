@@ -16,31 +16,18 @@ from edgeverify.core.embedder import Embedder
 from edgeverify.errors import ModelError
 from edgeverify.core.features import normalized_features
 from edgeverify.core.metrics import compute_eer
-from edgeverify.core.model_store import resolve_model
 
 SETS = ("dev", "dev8k", "native8k")
 
 
-def _ecapa(precision: str) -> Path:
-    """ECAPA's model file whatever the default model is (conftest's fixtures follow the default)."""
-    import os
-
-    try:
-        return resolve_model("ecapa", precision)
-    except ModelError as exc:
-        if os.environ.get("EDGEVERIFY_REQUIRE_MODEL") == "1":
-            pytest.fail(f"ecapa {precision} model required but missing: {exc.message}")
-        pytest.skip(exc.message)
+@pytest.fixture(scope="module")
+def fp32_model(built_model) -> Path:  # noqa: ANN001 -- ECAPA's, whatever the default model is
+    return built_model("ecapa", "fp32")
 
 
 @pytest.fixture(scope="module")
-def fp32_model() -> Path:
-    return _ecapa("fp32")
-
-
-@pytest.fixture(scope="module")
-def int8_model() -> Path:
-    return _ecapa("int8")
+def int8_model(built_model) -> Path:  # noqa: ANN001
+    return built_model("ecapa", "int8")
 
 
 def _reference(speech_dir: Path, name: str):
