@@ -8,15 +8,14 @@ message; the response is never an empty success.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import voluptuous as vol
 
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse
-from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized, UnknownUser
 from homeassistant.helpers import config_validation as cv
-from homeassistant.helpers.service import async_register_admin_service
 from homeassistant.util import dt as dt_util
 
 from . import Runtime, device_id_of
@@ -48,6 +47,21 @@ def runtime_of(hass: HomeAssistant) -> Runtime:
         if entry.state is ConfigEntryState.LOADED:
             return entry.runtime_data
     raise ServiceValidationError("edgeverify voice recognition is not set up (or not loaded)")
+
+
+def _admin_only(hass: HomeAssistant, func: Callable[[ServiceCall], Awaitable[Any]]) -> Callable[[ServiceCall], Awaitable[Any]]:
+    """What HA's async_register_admin_service does (which takes no supports_response before HA 2025.x):
+    a call by a logged-in user who is not an administrator is refused; scripts and automations (no user) pass."""
+    async def handler(call: ServiceCall) -> Any:
+        if call.context.user_id:
+            user = await hass.auth.async_get_user(call.context.user_id)
+            if user is None:
+                raise UnknownUser(context=call.context)
+            if not user.is_admin:
+                raise Unauthorized(context=call.context)
+        return await func(call)
+
+    return handler
 
 
 def async_register_services(hass: HomeAssistant) -> None:
@@ -90,6 +104,7 @@ def async_register_services(hass: HomeAssistant) -> None:
             except HomeAssistantError:
                 pass
 
-    async_register_admin_service(hass, DOMAIN, SERVICE_LIST, inbox_list, LIST_SCHEMA, SupportsResponse.ONLY)
-    async_register_admin_service(hass, DOMAIN, SERVICE_ASSIGN, inbox_assign, ASSIGN_SCHEMA, SupportsResponse.OPTIONAL)
-    async_register_admin_service(hass, DOMAIN, SERVICE_CLEAR, inbox_clear, CLEAR_SCHEMA)
+    register = hass.services.async_register
+    register(DOMAIN, SERVICE_LIST, _admin_only(hass, inbox_list), LIST_SCHEMA, SupportsResponse.ONLY)
+    register(DOMAIN, SERVICE_ASSIGN, _admin_only(hass, inbox_assign), ASSIGN_SCHEMA, SupportsResponse.OPTIONAL)
+    register(DOMAIN, SERVICE_CLEAR, _admin_only(hass, inbox_clear), CLEAR_SCHEMA)

@@ -358,12 +358,15 @@ def test_10_screenshots(env: Env) -> None:
     out.mkdir(parents=True, exist_ok=True)
     devices = env.ha.ws({"type": "config/device_registry/list"})
     ours = [d["id"] for d in devices if ["mqtt", f"edgeverify_{DEVICE}"] in d["identifiers"]]
-    assert ours, [d["identifiers"] for d in devices]
+    companion = [d["id"] for d in devices if any(i[0] == "edgeverify" for i in d["identifiers"])]
+    assert ours and companion, [d["identifiers"] for d in devices]
     env.say("alice")  # the device page shows her as the last speaker, her sensor as just heard
+    # the inbox shows what test_06 left (the stranger's second recording) and test_07's refused clip
     subprocess.run(["node", str(Path(__file__).with_name("screenshots.mjs")), env.ha.url, env.ha.token, str(out),
-                    ours[0], "Alice", env.ha.ws({"type": "assist_pipeline/pipeline/list"})["preferred_pipeline"]],
-                   check=True, timeout=180)
+                    ours[0], "Alice", env.ha.ws({"type": "assist_pipeline/pipeline/list"})["preferred_pipeline"],
+                    companion[0]], check=True, timeout=240)
     # 256-colour PNGs: a few dozen KB each instead of a few hundred
     subprocess.run([str(HA_PYTHON), "-c", "import sys; from PIL import Image\n"
                     "for p in sys.argv[1:]: Image.open(p).convert('RGB').quantize(256).save(p, optimize=True)",
-                    *[str(out / f"ha-{n}.png") for n in ("device", "who-is-who", "heard", "heard-attributes", "pipeline-debug")]], check=True)
+                    *[str(out / f"ha-{n}.png") for n in ("device", "who-is-who", "heard", "heard-attributes", "pipeline-debug",
+                                                         "inbox", "inbox-attributes")]], check=True)
