@@ -113,7 +113,7 @@ class Runtime:
                     return
                 self._on_decision(decision)
                 if decision.event_type == "unknown_speaker" and decision.source in INBOX_SOURCES:
-                    self.inbox.schedule_refresh(base)  # the device may have kept it in its inbox
+                    self.inbox.schedule_refresh(base, on_decision=True)  # the device may have kept it
             except Exception:  # noqa: BLE001 -- a bug here must not reach HA's MQTT client
                 _LOGGER.exception("edgeverify: could not handle a message on %s", msg.topic)
 

@@ -144,9 +144,12 @@ class InboxClient:
         return entries
 
     @callback
-    def schedule_refresh(self, base: str) -> None:
-        """Refresh soon (a burst of calls makes one request; one more if calls came in while it ran)."""
-        if self.stopped or base not in self.devices:
+    def schedule_refresh(self, base: str, on_decision: bool = False) -> None:
+        """Refresh soon (a burst of calls makes one request; one more if calls came in while it ran).
+        on_decision: asked by a decision that named nobody; skipped while the device's last listing failed
+        (its inbox or admin API is off, or it does not answer), so that such a device is not asked after
+        every stranger -- it is asked again when it comes online, every REFRESH_S, and on any action."""
+        if self.stopped or base not in self.devices or (on_decision and base in self.problems):
             return
         if base in self._running:
             self._again.add(base)
