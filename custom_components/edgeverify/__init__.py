@@ -230,7 +230,7 @@ class Runtime:
         body = await self.inbox.async_request(base, "inbox_assign", id=entry_id, name=voice)
         self._remember(voice)
         profile = body.get("profile") if isinstance(body.get("profile"), dict) else {}
-        notes = [n for n in body.get("notes", []) if isinstance(n, str)][:4] if isinstance(body.get("notes"), list) else []
+        notes = [n[:200] for n in body["notes"][:4] if isinstance(n, str)] if isinstance(body.get("notes"), list) else []
         result: dict[str, Any] = {"device": device_id_of(base), "id": entry_id, "voice": voice,
                                   "person": person or self.settings.voices.get(voice),
                                   "created": body.get("created") is True,
