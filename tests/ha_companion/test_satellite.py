@@ -91,6 +91,7 @@ class Env:
         self.ha, self.users, self.satellite, self.stt, self.daemon, self.hub, self.clips = \
             ha, users, satellite, stt, daemon, hub, clips
         self.broker_port = 0
+        self.tokens: dict[str, str] = {}
 
     def say(self, who: str) -> dict[str, Any]:
         """`who`'s recording through the satellite; the lamp's state after HA's agent turned it on."""
@@ -147,6 +148,7 @@ def env(request: pytest.FixtureRequest, int8_verifier: Any, int8_model: Path, sp
         ha = HA(work / "ha", http_port, users.token)
         e = Env(ha, users.ids, satellite, stt, daemon, hub, clips)
         e.broker_port = broker.port
+        e.tokens = users.tokens
         try:
             ha.start()
             ha.wait_running()
@@ -271,6 +273,13 @@ def test_07_a_refusal_reaches_the_user_as_an_error(env: Env) -> None:
                                                   if o.endswith(f"#{clipped['id']}")), None), 15)
     choose(env, INBOX_UTTERANCE, option)
     choose(env, INBOX_WHO, "Alice")
+    # Alice is no administrator: she may not assign (nor read the inbox's words through the action)
+    as_alice = env.ha.ws({"type": "call_service", "domain": "button", "service": "press",
+                          "target": {"entity_id": INBOX_ASSIGN}}, raw=True, token=env.tokens["alice"])
+    assert not as_alice["success"] and "Unauthorized" in as_alice["error"]["message"], as_alice
+    listed = env.ha.ws({"type": "call_service", "domain": "edgeverify", "service": "inbox_list", "service_data": {},
+                        "return_response": True}, raw=True, token=env.tokens["alice"])
+    assert not listed["success"] and "response" not in (listed.get("result") or {}), listed
     answer = press(env, INBOX_ASSIGN)
     assert not answer["success"] and answer["error"]["code"] == "home_assistant_error", answer
     assert DEVICE in answer["error"]["message"] and "clip" in answer["error"]["message"], answer  # the device's words
@@ -318,18 +327,19 @@ def test_09_no_warnings_from_integrations(env: Env) -> None:
     lines = env.ha.log_lines()
     bad = [line for line in lines if (" WARNING " in line or " ERROR " in line)
            and ("[homeassistant.components." in line or "[custom_components." in line)]
-    # HA's websocket API logs every action the UI calls that fails, at ERROR: test_07's two refusals, on purpose
-    # (HA 2026.2: "Error during service call to button.press: <message>"; HA 2025.4: "Unexpected exception"
-    # and the traceback, which ends with the HomeAssistantError carrying the device's message)
+    # HA's websocket API logs every action the UI calls that fails, at ERROR: test_07's two refusals and
+    # Alice's two unauthorized calls, on purpose (HA 2026.2: "Error during service call to button.press:
+    # <message>"; HA 2025.4: "Unexpected exception" and the traceback, which ends with the exception)
     provoked = []
     for i, line in enumerate(lines):
         if line not in bad or "[homeassistant.components.websocket_api.http.connection]" not in line:
             continue
         said = line if "Error during service call to" in line else next(
-            (t for t in lines[i + 1:i + 80] if t.startswith("homeassistant.exceptions.HomeAssistantError")), "")
-        if ("Error during service call to" in line or "Unexpected exception" in line) and "edgeverify device" in said:
+            (t for t in lines[i + 1:i + 80] if t.startswith("homeassistant.exceptions.")), "")
+        if ("Error during service call to" in line or "Unexpected exception" in line) and (
+                "edgeverify device" in said or "Unauthorized" in said):
             provoked.append(line)
-    assert len(provoked) == 2, provoked
+    assert len(provoked) == 4, provoked
     bad = [line for line in bad if line not in provoked]
     if shutil.which("ffmpeg") is None:
         no_ffmpeg = [line for line in bad if "[homeassistant.components.tts]" in line and "'ffmpeg'" in line]
