@@ -44,7 +44,7 @@ class InboxClient:
         self.listed_at: dict[str, float] = {}
         self._pending: dict[str, tuple[str, asyncio.Future[Answer]]] = {}  # transaction -> (base, answer)
         self._scheduled: set[str] = set()
-        self._again: set[str] = set()
+        self._again: dict[str, bool] = {}  # base -> asked again while listing; True: only by decisions
         self._running: set[str] = set()
         self._unsubs: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -152,7 +152,7 @@ class InboxClient:
         if self.stopped or base not in self.devices or (on_decision and base in self.problems):
             return
         if base in self._running:
-            self._again.add(base)
+            self._again[base] = self._again.get(base, True) and on_decision
             return
         if base in self._scheduled:
             return
@@ -176,9 +176,8 @@ class InboxClient:
             _LOGGER.debug("inbox of %s not listed: %s", base, exc)
         finally:
             self._running.discard(base)
-        if base in self._again:
-            self._again.discard(base)
-            self.schedule_refresh(base)
+        if base in self._again:  # a listing that failed is not repeated for decisions that came meanwhile
+            self.schedule_refresh(base, on_decision=self._again.pop(base))
 
     @callback
     def refresh_all(self, *_: Any) -> None:

@@ -316,7 +316,7 @@ def test_08b_a_device_that_does_not_answer_is_not_asked_after_every_stranger(env
     asked = []
     while not env.hub.messages.empty():
         if (m := env.hub.messages.get()).topic.endswith("/admin/request"):
-            asked.append(m.payload)
+            asked.append((m.topic, m.payload))
     assert asked == [], asked
 
 
