@@ -54,6 +54,8 @@ def test_far_table_is_monotone_with_the_bootstrap() -> None:
     grid, thr = far_table(llr, speakers=(np.repeat(i, 2).astype(str), np.repeat(j, 2).astype(str)), confidence=0.9)
     assert np.all(np.diff(thr) <= 0)  # a higher FAR never needs a higher threshold
     assert np.array_equal(far_table(llr, speakers=None, confidence=0.9)[1], np.quantile(llr, 1.0 - grid))
+    with pytest.raises(ValueError):
+        far_table(llr, speakers=(["a"], ["b"]), confidence=0.9)
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ trials, or the threshold for target_far. That one is set on the calibration non-
 the same trials cut to voice-command length, and is the 90 % upper bound of a speaker bootstrap
 (far_table): a plain quantile held the requested rate on the calibration speakers but not on unseen
 ones (1 % requested gave 1.2-1.95 % on 16 kHz, 8 kHz and command trials, docs/accuracy.md).
-(LDA/WCCN on the cohort speakers instead of plain centring was measured too: worse EER everywhere.)
+(LDA/WCCN fitted on the cohort speakers instead of plain centring was measured too: worse EER on
+nearly every set, docs/models.md.)
 A numeric cosine `threshold` bypasses all of this (the 0.1 meaning, kept for old clients).
 """
 
@@ -288,6 +289,8 @@ def far_table(nontarget_llrs: np.ndarray, grid: Optional[np.ndarray] = None,
     llr = np.asarray(nontarget_llrs, dtype=np.float64)
     if speakers is None or confidence <= 0.0:
         return g, np.quantile(llr, 1.0 - g)
+    if not len(speakers[0]) == len(speakers[1]) == llr.size:
+        raise ValueError("far_table: one speaker pair per non-target llr")
     names = sorted(set(speakers[0]) | set(speakers[1]))
     ids = {n: i for i, n in enumerate(names)}
     ia = np.array([ids[n] for n in speakers[0]])
