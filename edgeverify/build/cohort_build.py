@@ -44,6 +44,7 @@ LICENSED_SOURCES = {
 FOLDS = 5
 COMMAND_S = (1.0, 2.5)  # length of the command-length calibration pieces (command_crop)
 COMMAND_PREFIX = "command/"  # how command cuts are addressed in calibration trials (speaker_of still works)
+TELEPHONE_PREFIX = "telephone/"  # and telephone copies (8 kHz band only)
 # target_far thresholds: the 90 % upper confidence bound over a speaker bootstrap (far_table). Speaker-
 # disjoint on the shared sets, the plain quantile gave 1.2-1.95 % for a requested 1 % (docs/accuracy.md).
 FAR_CONFIDENCE = 0.9
@@ -81,16 +82,34 @@ def command_crop(samples: np.ndarray, name: str) -> np.ndarray:
     return samples[max(0, start - int(0.1 * TARGET_RATE)) : start + length]
 
 
+def telephone_channel(samples: np.ndarray, name: str) -> np.ndarray:
+    """A 16 kHz clip as a telephone line delivers it at 8 kHz: 300-3400 Hz band-pass, a level between -30
+    and -15 dBFS, G.711 mu-law (8 bit). Seeded by the file name. An 8 kHz device mostly hears such audio,
+    not clean downsampled speech; with these copies in the 8 kHz cohort and calibration, telephone
+    recordings of speakers it never saw score on the calibrated scale (docs/models.md)."""
+    from scipy.signal import butter, sosfilt  # build time only
+
+    rng = np.random.default_rng(zlib.crc32(f"tel:{name}".encode()))
+    x = resample(np.asarray(samples, dtype=np.float64), TARGET_RATE, 8000)
+    x = sosfilt(butter(4, [300, 3400], btype="bandpass", fs=8000, output="sos"), x)
+    x *= 10 ** (rng.uniform(-30, -15) / 20) / (np.sqrt(np.mean(x**2)) + 1e-12)
+    mu = 255.0
+    y = np.round(np.sign(x) * np.log1p(mu * np.minimum(np.abs(x), 1.0)) / np.log1p(mu) * 127) / 127
+    return np.sign(y) * ((1 + mu) ** np.abs(y) - 1) / mu
+
+
 def embed_files(verifier: Verifier, root: Path, files: Sequence[str], via_8k: bool = False,
-                progress: Progress = None, label: str = "", crop: bool = False) -> Embedded:
+                progress: Progress = None, label: str = "", crop: bool = False, telephone: bool = False) -> Embedded:
     """Embed as `verify` does; via_8k first takes the clip down to 8 kHz (what a telephone-band device gets);
-    crop first cuts a command-length piece (command_crop)."""
+    crop first cuts a command-length piece (command_crop); telephone passes it through telephone_channel."""
     index, embs, secs, spk = {}, [], [], []
     for i, name in enumerate(files, 1):
         try:
             audio = read_audio(root / name, name=name)
             if crop:
                 audio = audio_from_array(command_crop(audio.samples, name), TARGET_RATE, name=name)
+            if telephone:
+                audio = audio_from_array(telephone_channel(audio.samples, name).astype(np.float32), 8000, name=name)
             if via_8k:
                 narrow = resample(audio.samples.astype(np.float64), TARGET_RATE, 8000)
                 audio = audio_from_array(narrow.astype(np.float32), 8000, name=name)
@@ -125,12 +144,13 @@ class TrialSet:
     sa: List[str]  # speaker of each side (the threshold bootstrap resamples speakers)
     sb: List[str]
     command: np.ndarray  # the test side is a command-length cut (thresholds only, not the llr fit)
+    telephone: np.ndarray  # both sides are telephone-channel copies (8 kHz band)
     alike: Optional[np.ndarray] = None  # non-target of one corpus and gender (trials_meta.tsv), if known
 
     def subset(self, mask: np.ndarray) -> "TrialSet":
         return TrialSet(self.y[mask], self.score[mask], self.cosine[mask], self.speech_s[mask], self.fa[mask],
                         self.fb[mask], [s for s, k in zip(self.sa, mask) if k], [s for s, k in zip(self.sb, mask) if k],
-                        self.command[mask], None if self.alike is None else self.alike[mask])
+                        self.command[mask], self.telephone[mask], None if self.alike is None else self.alike[mask])
 
     @staticmethod
     def concat(a: "TrialSet", b: "TrialSet") -> "TrialSet":
@@ -159,6 +179,7 @@ def heldout_trials(y: np.ndarray, a: List[str], b: List[str], test: Embedded, co
     secs = np.minimum(test.speech_s[[test.index[n] for n in a]], test.speech_s[[test.index[n] for n in b]])
     return TrialSet(y[keep], score, np.sum(ea * eb, axis=1), secs, fa, fb, [speaker_of(n) for n in a],
                     [speaker_of(n) for n in b], np.array([n.startswith(COMMAND_PREFIX) for n in b], bool),
+                    np.array([n.startswith(TELEPHONE_PREFIX) for n in b], bool),
                     None if alike is None else np.asarray(alike, bool)[keep])
 
 
@@ -173,16 +194,31 @@ def read_alike(root: Path, n_trials: int) -> Optional[np.ndarray]:
     return np.array([k == "nontarget_same_source" for k in kinds]) if len(kinds) == n_trials else None
 
 
+def prefixed(e: Embedded, prefix: str) -> Embedded:
+    return Embedded({prefix + k: v for k, v in e.index.items()}, e.emb, e.speech_s, e.speaker)
+
+
 def calibration_trials(y: np.ndarray, a: List[str], b: List[str], clips: Embedded, commands: Optional[Embedded],
-                       folds: Dict[str, int]) -> TrialSet:
+                       folds: Dict[str, int], telephone: Optional[Embedded] = None) -> TrialSet:
     """The dev trials as they are, then (with `commands`) the same trials with the test side replaced by its
-    command-length cut: clip-versus-command is what a home device scores most of the time."""
-    full = heldout_trials(y, a, b, clips, clips, folds)
-    if commands is None:
-        return full
-    both = merge(clips, Embedded({COMMAND_PREFIX + k: v for k, v in commands.index.items()}, commands.emb,
-                                 commands.speech_s, commands.speaker))
-    return TrialSet.concat(full, heldout_trials(y, a, [COMMAND_PREFIX + n for n in b], both, clips, folds))
+    command-length cut: clip-versus-command is what a home device scores most of the time; then (with
+    `telephone`) the same trials with both sides through the telephone channel. The centring mean is
+    that of `cohort_rows` (clips and telephone copies) without the trial's folds."""
+    cohort = cohort_rows(clips, telephone)
+    t = heldout_trials(y, a, b, clips, cohort, folds)
+    if commands is not None:
+        both = merge(clips, prefixed(commands, COMMAND_PREFIX))
+        t = TrialSet.concat(t, heldout_trials(y, a, [COMMAND_PREFIX + n for n in b], both, cohort, folds))
+    if telephone is not None:
+        tel = prefixed(telephone, TELEPHONE_PREFIX)
+        t = TrialSet.concat(t, heldout_trials(y, [TELEPHONE_PREFIX + n for n in a], [TELEPHONE_PREFIX + n for n in b],
+                                              tel, cohort, folds))
+    return t
+
+
+def cohort_rows(clips: Embedded, telephone: Optional[Embedded] = None) -> Embedded:
+    """What a band's cohort mean is taken over: its clips, and for 8 kHz also their telephone copies."""
+    return clips if telephone is None else merge(clips, prefixed(telephone, TELEPHONE_PREFIX))
 
 
 def fit_calibration(t: TrialSet, mask: Optional[np.ndarray] = None) -> Calibration:
@@ -263,11 +299,12 @@ def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, rep
     for band, via_8k in (("16k", False), ("8k", True)):
         emb = embed_files(verifier, dev, files, via_8k, progress, f"dev {band}")
         commands = embed_files(verifier, dev, files, via_8k, progress, f"dev {band} commands", crop=True)
-        embedded[band] = emb
-        train = trainsets[band] = calibration_trials(y_l, a_l, b_l, emb, commands, folds)
-        bands[band] = Band(mean=emb.emb.mean(axis=0), calibration=fit_calibration(train))
+        telephone = embed_files(verifier, dev, files, False, progress, "dev telephone", telephone=True) if via_8k else None
+        embedded[band] = cohort_rows(emb, telephone)
+        train = trainsets[band] = calibration_trials(y_l, a_l, b_l, emb, commands, folds, telephone)
+        bands[band] = Band(mean=embedded[band].emb.mean(axis=0), calibration=fit_calibration(train))
         figures[f"dev-licensed ({band} cohort)" if band == "16k" else "dev-licensed via 8 kHz"] = heldout_report(
-            train.subset(~train.command), train, cosine_threshold)
+            train.subset(~train.command & ~train.telephone), train, cosine_threshold)
     model_path = verifier.embedder.path
     path = Path(out) if out else model_path.parent / f"cohort-{model_path.stem}.json"
     save_scorer(path, bands, file_sha256(model_path), {
@@ -276,7 +313,8 @@ def build(speech_dir: Path, model: str = "int8", out: Optional[Path] = None, rep
         "cohort": {"speakers": len(licensed), "files": len(embedded["16k"].index), "folds": FOLDS,
                    "sources": [LICENSED_SOURCES[s] for s in used_sources]},
         "calibration_trials": {"16k": int(lic.sum()), "8k": int(lic.sum()),
-                               "from": "dev/trials.txt, licensed speakers only; 8k = same clips via 8 kHz"},
+                               "from": "dev/trials.txt, licensed speakers only; 8k = same clips via 8 kHz, "
+                                       "and again through a telephone channel (band-pass, G.711 mu-law)"},
         "far_thresholds": {"confidence": FAR_CONFIDENCE, "bootstrap_rounds": FAR_BOOTSTRAP_ROUNDS,
                            "from": "non-target llrs of the calibration trials and of the same trials with a "
                                    f"{COMMAND_S[0]:g}-{COMMAND_S[1]:g} s command cut from the test side; "
