@@ -2,13 +2,18 @@
 
 One deterministic command, re-run whenever the model changes (embeddings move, so must the cohort):
 
-    edgeverify model calibrate --speech-dir ../shared/data/speech [--model int8|fp32] [--report]
+    edgeverify model calibrate --speech-dir ../shared/data/speech [--model campp|ecapa] [--report]
 
 Only speakers whose licence allows redistributing derived numbers are used (LICENSED_SOURCES; EmoDB and
 Hyke carry no licence, FSDD is share-alike); the file holds numbers only (a mean embedding per band and a
 few calibration constants), with the model's sha256 and the attribution. Everything is scored
 speaker-disjointly: a trial's centring mean never contains its own speakers (K folds over speakers),
 so the calibration sees the score distribution that unseen users will produce.
+
+Per band, what is embedded: the licensed dev clips (16 kHz, or taken through 8 kHz), a command-length cut
+of each (command_crop: for the target_far thresholds only), and for 8 kHz also a telephone-line copy of
+each (telephone_channel: in the cohort mean and the calibration). The target_far table is the 90 % bound
+of a speaker bootstrap (scoring.far_table), so the rate holds on speakers outside the cohort.
 """
 
 from __future__ import annotations
