@@ -494,7 +494,7 @@ class Config:
     score: str = setting(DEFAULT_SCORE_MODE, doc="calibrated: cohort-centred cosine -> calibrated llr; "
                                                  "cosine: raw cosine", check=Choice(SCORE_MODES), reload=MODEL)
     target_far: Optional[float] = setting(
-        None, doc="operating point: false-accept rate on the calibration trials (e.g. 0.01); null = EER point",
+        None, doc="operating point: the false-accept rate to hold for voices that are not enrolled (e.g. 0.01; thresholds set with a margin across speakers); null = EER point",
         check=Num(FAR_MIN, FAR_MAX), nullable=True, reload=MODEL)
     threshold: Optional[float] = setting(
         None, doc="raw cosine threshold instead of an operating point (not with target_far); null = calibrated",
