@@ -12,28 +12,16 @@ from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
-from . import EdgeverifyConfigEntry, Runtime
-from .conversation import service_device
+from . import EdgeverifyConfigEntry
 from .inbox import Entry
-from .select import assign_targets, chosen_entry
+from .select import InboxEntity, assign_targets, chosen_entry
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: EdgeverifyConfigEntry, async_add_entities: AddEntitiesCallback) -> None:
     async_add_entities([AssignButton(entry), DiscardButton(entry), RefreshButton(entry)])
 
 
-class _InboxButton(ButtonEntity):
-    _attr_has_entity_name = True
-
-    def __init__(self, entry: EdgeverifyConfigEntry, key: str) -> None:
-        self.entry = entry
-        self._attr_unique_id = f"{entry.entry_id}_{key}"
-        self._attr_device_info = service_device(entry)
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.entry.runtime_data
-
+class _InboxButton(InboxEntity, ButtonEntity):
     async def _check_admin(self) -> None:
         context = self._context
         if context is not None and context.user_id:

@@ -59,9 +59,10 @@ async def async_setup_entry(hass: HomeAssistant, entry: EdgeverifyConfigEntry, a
     async_add_entities([UtteranceSelect(entry), TargetSelect(entry)])
 
 
-class _InboxSelect(SelectEntity):
+class InboxEntity:
+    """What the inbox's selects and buttons share: one entity per config entry, on the companion's device."""
+
     _attr_has_entity_name = True
-    _attr_should_poll = False
 
     def __init__(self, entry: EdgeverifyConfigEntry, key: str) -> None:
         self.entry = entry
@@ -71,6 +72,10 @@ class _InboxSelect(SelectEntity):
     @property
     def runtime(self) -> Runtime:
         return self.entry.runtime_data
+
+
+class _InboxSelect(InboxEntity, SelectEntity):
+    _attr_should_poll = False
 
     async def async_added_to_hass(self) -> None:
         self.async_on_remove(async_dispatcher_connect(self.hass, inbox_signal(self.entry.entry_id), self.async_write_ha_state))
