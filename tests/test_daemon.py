@@ -23,6 +23,7 @@ from broker import MOSQUITTO, Broker, Hub  # noqa: E402
 from daemon_process import PREFIX, DaemonProcess, as_clip, ask  # noqa: E402
 
 from edgeverify.app.protocol import encode_request  # noqa: E402
+from edgeverify.core.model_store import DEFAULT_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
 
@@ -39,6 +40,8 @@ def test_verify_same_and_different_speaker(daemon: DaemonProcess, hub: Hub, clip
     assert same["first_file"] == a[3].name and same["second_file"] == a[4].name
     assert same["analyzer_id"] == "dev1" and same["type"] == "verify"
     assert same["timestamp"].endswith("Z") and same["elapsed_ms"] > 0
+    # the model is named as `verify --json` names it, though this daemon was given the file's path
+    assert (same["model"], same["precision"]) == (DEFAULT_MODEL, "int8"), same
     diff = ask(hub, f"{daemon.base}/request", encode_request("verify", as_clip(a[3]), as_clip(b[4]), request_id="r-2"))
     assert diff["ok"] is True and diff["same_speaker"] is False and diff["llr"] < diff["threshold"], diff
     strict = ask(hub, f"{daemon.base}/request", encode_request("verify", as_clip(a[3]), as_clip(a[4]), target_far=0.001))

@@ -31,6 +31,7 @@ from wyoming_helpers import (  # noqa: E402,F401  (clips, handler: module fixtur
 )
 
 from edgeverify.core.audio import resample  # noqa: E402
+from edgeverify.core.model_store import DEFAULT_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,8 @@ def test_transcript_unchanged_and_speaker_identified(handler, clips) -> None:
                 assert body["speaker"] == name and body["same_speaker"] is True
                 assert body["event"] == "identified" and body["request_id"] == "req-1"
                 assert body["score"] >= body["threshold"] and "scores" not in body
-                assert body["model"] == handler.verifier.model_name and abs(body["duration_s"] - len(clips[name]) / 32000) < 0.05
+                assert (body["model"], body["precision"]) == (DEFAULT_MODEL, "int8")
+                assert abs(body["duration_s"] - len(clips[name]) / 32000) < 0.05
                 # Home Assistant matches the decision to its pipeline run by the returned text's digest
                 # (whitespace collapsed, case folded); the text itself is never in the decision
                 norm = " ".join(TEXT.split()).casefold().encode("utf-8")

@@ -66,6 +66,10 @@ def _edgeverify_device(body: Any) -> Optional[tuple[str, str]]:
     if origin.get("name") != "edgeverify" and (dev.get("mf") or dev.get("manufacturer")) != "edgeverify":
         return None
     avty = body.get("availability_topic") or body.get("avty_t")
+    if avty is None:  # the list form (`availability` / `avty`: [{"topic": ...}, ...]) that devices publish now
+        listed = body.get("availability") or body.get("avty")
+        topics = [a.get("topic") or a.get("t") for a in listed[:8] if isinstance(a, dict)] if isinstance(listed, list) else []
+        avty = next((t for t in topics if isinstance(t, str) and t.endswith("/availability")), None)
     if not isinstance(avty, str) or not avty.endswith("/availability"):
         return None
     base = valid_base(avty[: -len("/availability")])

@@ -76,6 +76,10 @@ class DecisionService:
     def _audio(self, clip: Clip) -> Audio:
         return read_audio(clip.data, name=clip.name, max_seconds=self.max_audio_seconds)
 
+    def _model_fields(self) -> dict:
+        """Which model decided, as the CLI's `verify --json` says it: {"model": "campp", "precision": "int8"}."""
+        return {"model": self.verifier.model.name, "precision": self.verifier.model.precision}
+
     def _result(self, test: tuple, profile: Optional[str], threshold: Optional[float],
                 target_far: Optional[float] = None) -> dict[str, Any]:
         """verify the prepared clip against `profile`, or identify among all profiles when profile is None."""
@@ -121,7 +125,7 @@ class DecisionService:
             return self.decide_capture(req, self.capture_samples(req))
         else:  # parse_request only lets known types through
             raise RequestError(f"unknown request type {req.type!r}")
-        result["model"] = self.verifier.model_name
+        result.update(self._model_fields())
         return Response(ok=True, meta=meta, result=result)
 
     def capture_samples(self, req: Request) -> np.ndarray:
@@ -140,7 +144,7 @@ class DecisionService:
             raise RequestError("'target_far' needs calibrated scoring (this device uses score: cosine)")
         audio = audio_from_array(samples, TARGET_RATE, name="microphone", max_seconds=self.max_audio_seconds)
         result = self._result(self.verifier.prepare(audio), req.profile, req.threshold, req.target_far)
-        result["model"] = self.verifier.model_name
+        result.update(self._model_fields())
         return Response(ok=True, meta=req.meta(), result=result)
 
     def utterance(self, samples: np.ndarray) -> Optional[Response]:
@@ -178,7 +182,7 @@ class DecisionService:
         test = (embedding, self.verifier.side(embedding, speech_s, audio.source_rate))
         result = self._result(test, profile, None)
         result["duration_s"] = round(audio.duration_s, 2)
-        result["model"] = self.verifier.model_name
+        result.update(self._model_fields())
         unrecognised = None
         if profile is None and result.get("speaker") is None and self.inbox is not None and self.inbox.enabled:
             unrecognised = self._unrecognised(test, speech_s, audio, result)

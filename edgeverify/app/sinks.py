@@ -49,7 +49,7 @@ class DecisionSinks:
         if not body.get("ok", True):
             return
         if self.counters is not None:
-            self.counters.decided(body.get("elapsed_ms"))
+            self.counters.decided(body.get("elapsed_ms"), source)
         with self._lock:
             sinks = list(self._sinks)
         for sink in sinks:

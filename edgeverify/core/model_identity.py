@@ -37,6 +37,12 @@ class ModelIdentity:
         """"ecapa int8" -- how logs, the CLI and diagnostics name it."""
         return f"{self.name} {self.precision}".strip()
 
+    @property
+    def key(self) -> str:
+        """"campp-int8" -- how answers and `edgeverify bench` name it (the built file's stem); a custom
+        file of unknown precision is its stem alone."""
+        return f"{self.name}-{self.precision}" if self.precision else self.name
+
     def same_model(self, other: "ModelIdentity") -> bool:
         """Embeddings of the two can be scored against each other (same name; see the module doc)."""
         return self.name == other.name

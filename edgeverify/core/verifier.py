@@ -150,7 +150,9 @@ class Verifier:
         self.model = model or of_model_file(embedder.path, embedder.metadata,
                                             precision=model_name if model_name in ("int8", "fp32") else None)
         self.vad_config = vad_config or EMBEDDING_VAD
-        self.model_name = model_name
+        # what answers call the model ("campp-int8"): the same whichever way it was chosen (a name, a
+        # precision alone, a path, `model: auto`)
+        self.model_name = self.model.key
         if vad_mode not in VAD_MODES:
             raise ValueError(f"vad_mode must be one of {', '.join(VAD_MODES)}, got {vad_mode!r}")
         self.vad_mode = vad_mode

@@ -214,7 +214,7 @@ class MqttAdmin:
     def _answer(self, job: Inbound, resp: Response, reply_to: str, started: Optional[float] = None) -> None:
         if started is not None:
             resp.elapsed_ms = 1000 * (time.perf_counter() - started)
-        self.counters.answered(resp.ok)
+        self.counters.answered(resp.ok, "admin")
         body = self._reply(job, resp, reply_to)
         if body.get("type") == "enroll":
             for listener in self._listeners:

@@ -204,8 +204,11 @@ def device_discovery(t: Topics, model_name: str, admin_entities: bool, max_utter
             t, "event", "event", "Speaker", state_topic=t.event,
             event_types=list(EVENT_TYPES) + [person_event_type(n) for n in person_names], icon="mdi:account-voice",
         ),
+        # every request the device handled since it started: MQTT and admin requests, microphone and Wyoming
+        # utterances (the split is the sensor's attributes)
         "requests": _entity(
             t, "sensor", "requests", "Requests handled", value_template="{{ value_json.requests }}",
+            json_attributes_topic=t.diagnostics, json_attributes_template="{{ value_json.requests_by_source | tojson }}",
             state_class="total_increasing", icon="mdi:counter", **diag,
         ),
         "errors": _entity(
@@ -287,7 +290,7 @@ def device_discovery(t: Topics, model_name: str, admin_entities: bool, max_utter
             "ids": [t.node_id],
             "name": f"edgeverify {t.device_id}",
             "mf": "edgeverify",
-            "mdl": f"ECAPA-TDNN speaker verification ({model_name})",
+            "mdl": f"Speaker verification ({model_name})",
             "sw": __version__,
         },
         "o": {"name": ORIGIN_NAME, "sw": __version__, "url": SUPPORT_URL},
@@ -368,11 +371,13 @@ def last_state(body: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def diagnostics(requests: int, errors: int, decisions: int, last_latency_ms: Optional[float], profiles: int,
-                profiles_other_model: int = 0) -> dict[str, Any]:
-    """The retained diagnostics document; profiles_other_model: enrolled with another model than the running
-    one, so not scored until re-enrolled."""
+                profiles_other_model: int = 0, requests_by_source: Optional[dict[str, int]] = None) -> dict[str, Any]:
+    """The retained diagnostics document. requests: every request handled (MQTT and admin requests answered,
+    microphone and Wyoming utterances decided), requests_by_source: that count per source;
+    profiles_other_model: enrolled with another model than the running one, so not scored until re-enrolled."""
     return {
         "requests": requests,
+        "requests_by_source": dict(requests_by_source or {}),
         "errors": errors,
         "decisions": decisions,
         "last_latency_ms": None if last_latency_ms is None else round(float(last_latency_ms), 1),

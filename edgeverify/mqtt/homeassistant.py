@@ -9,7 +9,8 @@
   (admin enroll/forget, HA's enroll button, profiles changed on disk -- checked on every worker tick);
 * health (<base>/health) and the service status (<base>/status: running / stopped / restarting);
 * for admins (admin.enabled, on admin/ha/ topics): a restart button and a log-level select;
-* retained diagnostics (requests, errors, last latency, profiles), at most every DIAG_INTERVAL_S;
+* retained diagnostics (requests handled from every source, errors, last latency, profiles), at most every
+  DIAG_INTERVAL_S;
 * HA's enroll text/number/button, which start a microphone enrollment through the admin API (admin_api)
   and follow it as its AdminListener.
 Topics and payloads come from ha_discovery (pure functions); this class only publishes them through the
@@ -191,7 +192,8 @@ class HomeAssistantLink:
         except Exception:  # an unreadable directory
             profiles, other = 0, 0
         c = self.counters
-        doc = had.diagnostics(c.handled, c.errors, c.decisions, c.last_latency_ms, profiles, other)
+        doc = had.diagnostics(c.handled, c.errors, c.decisions, c.last_latency_ms, profiles, other,
+                              c.requests_by_source())
         if not force and doc == self._diag_sent:
             return
         self._diag_sent, self._diag_at = doc, now

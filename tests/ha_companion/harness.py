@@ -66,6 +66,10 @@ person:
 mqtt_statestream:
   base_topic: hastate
   publish_attributes: true
+  exclude:  # what people said (the inbox entities' unrecorded attributes) stays in HA's memory, off MQTT
+    entity_globs:
+      - select.edgeverify_inbox_*
+      - sensor.edgeverify_voice_inbox
 automation:
   - alias: a satellite asks (no logged-in user)
     mode: parallel
@@ -103,6 +107,7 @@ logger:
 class Users:
     ids: dict[str, str] = field(default_factory=dict)  # name -> HA user id
     token: str = ""  # the tester's access token (REST)
+    tokens: dict[str, str] = field(default_factory=dict)  # name -> access token, every user (alice: not an admin)
 
 
 def _b64(data: bytes) -> str:
@@ -118,20 +123,23 @@ def _jwt(issuer: str, key: str, lifetime_s: int = 86400) -> str:
     return f"{head}.{body}.{_b64(sig)}"
 
 
-def write_auth(storage: Path) -> Users:
+def write_auth(storage: Path, more: tuple[str, ...] = ()) -> Users:
     users = Users()
     now = datetime.now(timezone.utc).isoformat()
     records, tokens = [], []
-    for name, admin in (("tester", True), ("Alice", False), ("Bob", False)):
+    for name, admin in (("tester", True), ("Alice", False), ("Bob", False), *((m, False) for m in more)):
         uid = secrets.token_hex(16)
         users.ids[name.lower()] = uid
         records.append({"id": uid, "group_ids": ["system-admin" if admin else "system-users"], "is_owner": admin,
                         "is_active": True, "name": name, "system_generated": False, "local_only": False})
-    rt_id, jwt_key = secrets.token_hex(16), secrets.token_hex(64)
-    tokens.append({"id": rt_id, "user_id": users.ids["tester"], "client_id": None, "client_name": "edgeverify test",
-                   "client_icon": None, "token_type": "long_lived_access_token", "created_at": now,
-                   "access_token_expiration": 864000.0, "token": secrets.token_hex(64), "jwt_key": jwt_key,
-                   "last_used_at": None, "last_used_ip": None, "expire_at": None, "credential_id": None, "version": None})
+    keys: dict[str, tuple[str, str]] = {}
+    for name, uid in users.ids.items():
+        rt_id, jwt_key = secrets.token_hex(16), secrets.token_hex(64)
+        keys[name] = (rt_id, jwt_key)
+        tokens.append({"id": rt_id, "user_id": uid, "client_id": None, "client_name": f"edgeverify test ({name})",
+                       "client_icon": None, "token_type": "long_lived_access_token", "created_at": now,
+                       "access_token_expiration": 864000.0, "token": secrets.token_hex(64), "jwt_key": jwt_key,
+                       "last_used_at": None, "last_used_ip": None, "expire_at": None, "credential_id": None, "version": None})
     groups = [{"id": "system-admin", "name": "Administrators"}, {"id": "system-users", "name": "Users"},
               {"id": "system-read-only", "name": "Read Only"}]
     doc = {"version": 1, "minor_version": 1, "key": "auth",
@@ -140,7 +148,8 @@ def write_auth(storage: Path) -> Users:
     onboarding = {"version": 4, "minor_version": 1, "key": "onboarding",
                   "data": {"done": ["user", "core_config", "analytics", "integration"]}}
     (storage / "onboarding").write_text(json.dumps(onboarding))
-    users.token = _jwt(rt_id, jwt_key)
+    users.tokens = {name: _jwt(*key) for name, key in keys.items()}
+    users.token = users.tokens["tester"]
     return users
 
 
@@ -160,13 +169,16 @@ def add_config_entries(config_dir: Path, entries: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps(doc, indent=1))
 
 
-def write_ha_config(config_dir: Path, broker_port: int, http_port: int, extra_yaml: str = "") -> Users:
+def write_ha_config(config_dir: Path, broker_port: int, http_port: int, extra_yaml: str = "",
+                    more_people: tuple[str, ...] = ()) -> Users:
+    """more_people: persons with an HA user each, besides Alice and Bob (and Carol, who has none)."""
     write_config(config_dir, broker_port, http_port)  # the MQTT config entry (and a configuration.yaml we replace)
-    users = write_auth(config_dir / ".storage")
+    users = write_auth(config_dir / ".storage", more_people)
     persons = "\n".join([
         f"  - name: Alice\n    id: alice\n    user_id: {users.ids['alice']}",
         f"  - name: Bob\n    id: bob\n    user_id: {users.ids['bob']}",
         "  - name: Carol\n    id: carol",
+        *(f"  - name: {m}\n    id: {m.lower()}\n    user_id: {users.ids[m.lower()]}" for m in more_people),
     ])
     (config_dir / "configuration.yaml").write_text(CONFIGURATION_YAML.format(http_port=http_port, persons=persons) + extra_yaml)
     custom = config_dir / "custom_components"
@@ -236,10 +248,11 @@ class HA:
     def post(self, path: str, body: Any) -> Any:
         return self._call("POST", path, body)
 
-    def ws(self, command: dict[str, Any]) -> Any:
-        """A websocket API command (ws_call.py, with the HA venv's aiohttp)."""
-        out = subprocess.run([str(HA_PYTHON), str(HERE / "ws_call.py"), self.url, self.token, json.dumps(command)],
-                             capture_output=True, text=True, timeout=60)
+    def ws(self, command: dict[str, Any], raw: bool = False, token: Optional[str] = None) -> Any:
+        """A websocket API command (ws_call.py, with the HA venv's aiohttp); raw: the whole result message,
+        also a failed one (what HA's UI gets, e.g. for a button press that raised); token: another user's."""
+        out = subprocess.run([str(HA_PYTHON), str(HERE / "ws_call.py"), self.url, token or self.token, json.dumps(command),
+                              *(["raw"] if raw else [])], capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             raise RuntimeError(f"websocket {command}: {out.stderr.strip()[-500:]}")
         return json.loads(out.stdout)

@@ -302,6 +302,24 @@ def test_08_hostile_payloads_change_nothing(env: Env) -> None:
     assert entry["state"] == "loaded", entry
 
 
+def test_08b_a_device_that_does_not_answer_is_not_asked_after_every_stranger(env: Env) -> None:
+    """The test's devices answer no admin requests: the companion asked for the inbox when they came online,
+    the Voice inbox sensor says why it is unknown, and decisions that named nobody (each may have added to
+    the device's inbox) do not make it ask again and again."""
+    inbox = wait_for("the inbox sensor to say why", lambda: (s := env.ha.state("sensor.edgeverify_voice_inbox"))
+                     and "did not answer" in s["attributes"]["devices"].get("kitchen", "") and s, 40)
+    assert inbox["state"] == "unknown" and inbox["attributes"]["entries"] == [], inbox
+    env.hub.subscribe("edgeverify/+/admin/request")
+    for i in range(8):
+        env.decide("kitchen", None, f"stranger number {i}")
+    time.sleep(2.5)  # the companion waits 1 s to gather a burst before it asks
+    asked = []
+    while not env.hub.messages.empty():
+        if (m := env.hub.messages.get()).topic.endswith("/admin/request"):
+            asked.append((m.topic, m.payload))
+    assert asked == [], asked
+
+
 def test_09_heard_sensor_turns_on_and_off_by_itself(env: Env) -> None:
     sensor = "binary_sensor.edgeverify_bob_heard"
     before = env.ha.state(sensor)["attributes"].get("last_heard")

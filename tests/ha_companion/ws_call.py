@@ -1,6 +1,7 @@
 """One command on HA's websocket API (what HA's UI uses where REST has no endpoint); run with the HA venv's
-python (it has aiohttp): `ws_call.py <http url> <token> '<command json>'` prints the result as JSON (for
-`assist_pipeline/run`: the run's events, up to run-end)."""
+python (it has aiohttp): `ws_call.py <http url> <token> '<command json>' [raw]` prints the result as JSON (for
+`assist_pipeline/run`: the run's events, up to run-end); with `raw`, the whole result message, also a failed
+one ({"success": false, "error": {"code", "message"}}: what HA's UI shows the user)."""
 
 import asyncio
 import json
@@ -9,7 +10,7 @@ import sys
 import aiohttp
 
 
-async def call(url: str, token: str, command: dict) -> object:
+async def call(url: str, token: str, command: dict, raw: bool = False) -> object:
     async with aiohttp.ClientSession() as session, session.ws_connect(url.rstrip("/") + "/api/websocket") as ws:
         assert (await ws.receive_json())["type"] == "auth_required"
         await ws.send_json({"type": "auth", "access_token": token})
@@ -21,6 +22,8 @@ async def call(url: str, token: str, command: dict) -> object:
         while True:
             msg = await ws.receive_json()
             if msg.get("id") == 1 and msg.get("type") == "result":
+                if raw:
+                    return msg
                 if not msg["success"]:
                     raise SystemExit(f"websocket command failed: {msg['error']}")
                 if command["type"] != "assist_pipeline/run":
@@ -32,4 +35,5 @@ async def call(url: str, token: str, command: dict) -> object:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(asyncio.wait_for(call(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])), 30))))
+    raw = sys.argv[4:5] == ["raw"]
+    print(json.dumps(asyncio.run(asyncio.wait_for(call(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), raw), 30))))
