@@ -13,8 +13,8 @@
 # The requirements of every integration the test loads (HA's bootstrap set + mqtt, conversation, person and
 # their dependencies) are installed here, so HA installs nothing at start (the test runs it with --skip-pip).
 #
-# Installer: uv where found ($UV, .venv/bin/uv from the test extra, or uv on PATH): about 1 minute for HA's
-# ~250 wheels; pip otherwise, or when uv fails (3-7 minutes). The venv is made in $HA_VENV.partial and moved
+# Installer: uv where found ($UV, .venv/bin/uv from the test extra, or uv on PATH): 1-2 minutes for HA's
+# ~110 packages; pip otherwise, or when uv fails (3-7 minutes). The venv is made in $HA_VENV.partial and moved
 # into place only when complete, so a half-made or failed install is never taken for a Home Assistant (the
 # tests skip while $HA_VENV is absent, also when they start during an install).
 # Idempotent: a venv that already has that HA version is kept.
