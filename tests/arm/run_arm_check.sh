@@ -4,7 +4,7 @@
 # imports, int8/fp32 embeddings of ECAPA and CAM++, decisions and the CLI with x86 (tests/arm/arm_check.py does
 # the work), after building the models on the emulated A72 and comparing them byte for byte with x86's.
 #
-#   tests/arm/run_arm_check.sh            .ci/run runs it at nice 19 beside the main tests (4-6 min alone on 2 cores)
+#   tests/arm/run_arm_check.sh            .ci/run runs it at nice 19 beside the main tests (4-7 min alone on 2 cores, 9-13 under a load of 4-6)
 #
 # What can overlap does: the arm64 Python's set-up with the aarch64 resolution of our wheel (both downloads),
 # the four resolutions with each other, and the model build under the emulated A72 (one process) with
