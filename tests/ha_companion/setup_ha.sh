@@ -7,9 +7,10 @@
 #   HA_VENV=/elsewhere HA_BASE_PYTHON=/usr/bin/python3.13 tests/ha_companion/setup_ha.sh
 #   HA_INSTALLER=pip tests/ha_companion/setup_ha.sh     # uv (the default where one is found) or pip
 #
-# HA >= 2025.5 asks for Python >= 3.13.2 and HA >= 2026.3 for 3.14.2. On an older 3.13 the packages are resolved
-# as for the newest 3.13 patch release (uv --python-version 3.13.99; pip --ignore-requires-python) and
-# tests/ha_companion/hass.py starts HA past its start-up version gate.
+# HA >= 2025.5 asks for Python >= 3.13.2 and HA >= 2026.3 for 3.14.2. On an older 3.13 uv resolves as for the
+# newest 3.13 patch release (--python-version 3.13.99), pip ignores Requires-Python (--ignore-requires-python;
+# both gave the same ~110 packages for 2026.2.3), and tests/ha_companion/hass.py starts HA past its start-up
+# version gate. The venv's entry-point scripts (bin/hass, bin/pip) name the .partial path: use bin/python.
 # The requirements of every integration the test loads (HA's bootstrap set + mqtt, conversation, person and
 # their dependencies) are installed here, so HA installs nothing at start (the test runs it with --skip-pip).
 #
