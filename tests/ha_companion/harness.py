@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -109,6 +109,17 @@ class Users:
     token: str = ""  # the tester's access token (REST)
     tokens: dict[str, str] = field(default_factory=dict)  # name -> access token, every user (alice: not an admin)
 
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    """check()'s first truthy value, polled every 0.2 s; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

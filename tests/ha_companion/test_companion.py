@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from harness import HA, HA_PYTHON, ha_version, write_ha_config
+from harness import HA, HA_PYTHON, ha_version, wait_for, write_ha_config
 
 if not HA_PYTHON.exists():
     pytest.skip("no Home Assistant venv (tests/ha_companion/setup_ha.sh makes .venv-ha; run.sh runs this test)",
@@ -42,16 +42,6 @@ HEARD_FOR_S = 10
 def transcript_sha256(text: str) -> str:
     """The device contract, written out here on purpose (not imported from the integration)."""
     return hashlib.sha256(" ".join(text.split()).casefold().encode("utf-8")).hexdigest()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Env:

@@ -36,12 +36,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from harness import HA, HA_PYTHON, add_config_entries, ha_version, write_ha_config
+from harness import HA, HA_PYTHON, add_config_entries, ha_version, wait_for, write_ha_config
 
 if not HA_PYTHON.exists():
     pytest.skip("no Home Assistant venv (tests/ha_companion/setup_ha.sh makes .venv-ha; run.sh runs this test)",
@@ -73,16 +73,6 @@ INBOX_UTTERANCE = "select.edgeverify_inbox_utterance"
 INBOX_WHO = "select.edgeverify_inbox_who_was_it"
 INBOX_ASSIGN = "button.edgeverify_assign_utterance"
 OTHER_STRANGER = "ls-1246"  # a fourth voice, never enrolled: its clipped recording cannot be assigned
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Env:
