@@ -194,6 +194,25 @@ def test_sigterm_publishes_offline(tmp_path: Path, broker: Broker, int8_model: P
         late.close()
 
 
+def test_ready_only_once_requests_can_arrive(tmp_path: Path, broker: Broker, int8_model: Path, state_dir: Path,
+                                             hub: Hub, clips: dict[str, list[Path]]) -> None:
+    """READY=1 and `online` mean subscribed: a request sent the moment systemd hears READY is answered, even
+    when the daemon's SUBSCRIBE reaches the broker 2 s after its CONNECT (a fresh session: the broker keeps
+    nothing for a topic nobody has subscribed yet)."""
+    from slow_link import SlowLink
+
+    link = SlowLink(broker.port, hold_s=2.0)
+    t0 = time.monotonic()
+    d = DaemonProcess(tmp_path, link.port, int8_model, state_dir, f"dev-ready-{uuid.uuid4().hex[:6]}")
+    try:
+        assert time.monotonic() - t0 >= 1.5, "READY=1 came before the broker had the subscription"
+        r = ask(hub, f"{d.base}/request", encode_request("identify", as_clip(clips["vctk-p225"][5])), timeout=20)
+        assert r["ok"] and r["speaker"] == "alice", r
+    finally:
+        d.stop()
+        link.close()
+
+
 def test_sighup_reloads(tmp_path: Path, broker: Broker, int8_model: Path, state_dir: Path) -> None:
     d = DaemonProcess(tmp_path, broker.port, int8_model, state_dir, "dev-hup")
     try:

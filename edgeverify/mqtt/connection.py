@@ -80,6 +80,8 @@ class MqttConnection:
         self._failures_logged: set[str] = set()  # failure states already logged since the last good connection
         self._online_at = 0.0
         self._stopping = False
+        self._session_present = False
+        self._suback_pending: set[int] = set()  # SUBACKs still awaited for this connection
         self.max_packet_size = max_packet_size(config.limits.max_payload_bytes)  # fixed at start()
 
     # -- what the rest of the adapter uses --------------------------------------------------------
@@ -176,6 +178,7 @@ class MqttConnection:
         c.reconnect_delay_set(min_delay=max(1, int(m.reconnect_min_s)), max_delay=max(1, int(m.reconnect_max_s)))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
         c.on_message = self._on_default_message
         c.on_publish = self._on_publish
         for group in self._subscriptions:
@@ -275,22 +278,49 @@ class MqttConnection:
         paho_log.debug("%s", buf)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        """Subscribe; `online`, `connected` (and so READY=1) wait for the SUBACKs (_on_subscribe): a client
+        that sends a request as soon as it sees `online` must not find the request topic not yet subscribed
+        (the broker drops what no subscription matches)."""
         try:
             if reason.is_failure:
                 self._set_conn_state(f"connection refused by the broker: {reason}", logging.ERROR)
                 return
+            self._session_present = bool(getattr(flags, "session_present", False))
+            pending = set()
             for group in self._subscriptions:
-                client.subscribe([(topic, opts) for topic, opts, _ in group])
-            self.publish_online()
-            self.connected.set()
-            for callback in self._on_connected:
-                callback()
-            self._net_error = None
-            session = "resumed" if getattr(flags, "session_present", False) else "new"
-            first = ", ".join(t for t, _, _ in self._subscriptions[0]) if self._subscriptions else "nothing"
-            self._set_conn_state(f"connected ({session} session); requests on {first}", logging.INFO)
+                rc, mid = client.subscribe([(topic, opts) for topic, opts, _ in group])
+                if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                    pending.add(mid)
+            self._suback_pending = pending
+            if not pending:
+                self._go_online()
         except Exception:
             log.exception("mqtt on_connect failed")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        try:
+            if mid not in self._suback_pending:
+                return
+            refused = [r for r in (reasons or []) if getattr(r, "is_failure", False)]
+            if refused:  # e.g. an ACL: serve what was granted, and say what was not
+                log.error("the broker refused %d of our subscriptions: %s", len(refused),
+                          ", ".join(str(r) for r in refused))
+            self._suback_pending.discard(mid)
+            if not self._suback_pending:
+                self._go_online()
+        except Exception:
+            log.exception("mqtt on_subscribe failed")
+
+    def _go_online(self) -> None:
+        """Once subscribed: retained `online`, `connected` set, the on_connected callbacks."""
+        self.publish_online()
+        self.connected.set()
+        for callback in self._on_connected:
+            callback()
+        self._net_error = None
+        session = "resumed" if self._session_present else "new"
+        first = ", ".join(t for t, _, _ in self._subscriptions[0]) if self._subscriptions else "nothing"
+        self._set_conn_state(f"connected ({session} session); requests on {first}", logging.INFO)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()
