@@ -17,6 +17,7 @@ class SlowLink:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self._socks: list[socket.socket] = []
+        self.accepted: list[float] = []  # time.monotonic() of each connection
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -25,9 +26,10 @@ class SlowLink:
                 client, _ = self.server.accept()
             except OSError:
                 return
+            self.accepted.append(time.monotonic())
             upstream = socket.create_connection(("127.0.0.1", self.broker_port))
             self._socks += [client, upstream]
-            until = time.monotonic() + self.hold_s
+            until = self.accepted[-1] + self.hold_s
             threading.Thread(target=self._pump, args=(client, upstream, until), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, 0.0), daemon=True).start()
 
