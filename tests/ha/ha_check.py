@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
@@ -36,7 +36,7 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(HERE))
 
 from broker import Broker, Hub, free_port  # noqa: E402
-from ha_config import write_config  # noqa: E402
+from ha_config import wait_for, write_config  # noqa: E402
 from daemon_process import DaemonProcess, ask  # noqa: E402
 
 from edgeverify.mqtt.ha_discovery import NO_MATCH  # noqa: E402
@@ -48,16 +48,6 @@ SPEECH = Path(os.environ.get("EDGEVERIFY_SPEECH_DIR", REPO.parent / "shared" / "
 
 def log(msg: str) -> None:
     print(f"[ha-check] {msg}", flush=True)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Shown:

@@ -3,14 +3,28 @@
 The MQTT config entry is written straight into .storage/core.config_entries (the storage format of HA
 2024.x-2025.x: version 1, minor 5), so no UI/config flow, onboarding or token is needed; mqtt_statestream
 makes HA publish every entity state and attribute it shows to `hastate/<domain>/<object_id>/...`, which is
-how ha_check.py sees what HA shows. Used by run_ha_check.sh.
+how ha_check.py sees what HA shows. Used by run_ha_check.sh and tests/ha_companion/harness.py, which also
+share wait_for.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    """check()'s first truthy value, polled every 0.2 s; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
 
 CONFIGURATION_YAML = """\
 homeassistant:

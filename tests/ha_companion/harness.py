@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -39,7 +39,7 @@ for p in (REPO / "tests", REPO / "tests" / "ha"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from ha_config import write_config  # noqa: E402
+from ha_config import wait_for, write_config  # noqa: E402,F401 -- wait_for: the tests' import point
 
 HA_VENV = Path(os.environ.get("HA_VENV", REPO / ".venv-ha"))
 HA_PYTHON = HA_VENV / "bin" / "python"
@@ -111,15 +111,6 @@ class Users:
 
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    """check()'s first truthy value, polled every 0.2 s; AssertionError naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
